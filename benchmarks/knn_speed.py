@@ -1,0 +1,120 @@
+"""Exact cosine kNN search: faiss (cellssl's ``knn_search``) vs scikit-learn brute force vs plain numpy.
+
+Prints the median wall time of each over ``--repeats`` runs, the ratio sklearn / faiss, the thread
+counts each library used, and how often the three agree on the top-k neighbour sets. No asserts: this is a
+measurement, not a test.
+
+    .venv/bin/python benchmarks/knn_speed.py                       # 100k train x 10k test x 384-d, k=20
+    .venv/bin/python benchmarks/knn_speed.py --n-train 20000 --n-test 2000 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def _timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, list[float], np.ndarray]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    assert result is not None
+    return statistics.median(times), times, result
+
+
+def _numpy_cosine_topk(train: np.ndarray, test: np.ndarray, k: int, batch: int = 2048) -> np.ndarray:
+    train_n = train / np.linalg.norm(train, axis=1, keepdims=True)
+    out = np.empty((len(test), k), dtype=np.int64)
+    for start in range(0, len(test), batch):
+        block = test[start : start + batch]
+        sims = (block / np.linalg.norm(block, axis=1, keepdims=True)) @ train_n.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+        out[start : start + batch] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean fraction of shared neighbours between two (n, k) index arrays."""
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b, strict=True)]))
+
+
+def _thread_report() -> list[str]:
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    lines = [f"faiss {faiss.__version__}: omp_get_max_threads() = {faiss.omp_get_max_threads()}"]
+    for pool in threadpool_info():
+        owner = Path(pool["filepath"]).parent.name  # e.g. numpy.libs, scipy.libs, faiss_cpu.libs
+        lines.append(f"{pool['user_api']}/{pool['internal_api']} ({pool['prefix']} in {owner}): "
+                     f"num_threads = {pool['num_threads']}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-train", type=int, default=100_000)
+    parser.add_argument("--n-test", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every library (default: the CPUs this process may use)")
+    parser.add_argument("--skip-numpy", action="store_true", help="do not time the plain numpy baseline")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import sklearn
+    from cellssl.eval.knn import available_cpus, faiss_threads, knn_search
+    from sklearn.neighbors import NearestNeighbors
+    from threadpoolctl import threadpool_limits
+
+    threads = args.threads or available_cpus()
+    rng = np.random.default_rng(args.seed)
+    centres = rng.normal(size=(100, args.dim)).astype(np.float32)
+    train = centres[rng.integers(0, 100, args.n_train)] + rng.normal(size=(args.n_train, args.dim)).astype(np.float32)
+    test = centres[rng.integers(0, 100, args.n_test)] + rng.normal(size=(args.n_test, args.dim)).astype(np.float32)
+
+    print(f"exact cosine kNN: {args.n_train} train x {args.n_test} test x {args.dim}-d float32, k={args.k}, "
+          f"median of {args.repeats} runs, {threads} threads")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}, "
+          f"{platform.processor() or platform.machine()}, {available_cpus()} CPUs available")
+
+    with faiss_threads(threads), threadpool_limits(limits=threads):
+        print("threads in use:")
+        for line in _thread_report():
+            print(f"  {line}")
+
+        def run_faiss() -> np.ndarray:
+            return knn_search(train, test, args.k, metric="cosine")[1]
+
+        def run_sklearn() -> np.ndarray:
+            model = NearestNeighbors(n_neighbors=args.k, metric="cosine", algorithm="brute").fit(train)
+            return model.kneighbors(test, return_distance=False)
+
+        t_faiss, all_faiss, idx_faiss = _timed(run_faiss, args.repeats)
+        print(f"faiss (IndexFlatIP, cellssl knn_search): {t_faiss:8.2f} s   runs {[round(t, 2) for t in all_faiss]}")
+        t_sk, all_sk, idx_sk = _timed(run_sklearn, args.repeats)
+        print(f"scikit-learn NearestNeighbors brute:     {t_sk:8.2f} s   runs {[round(t, 2) for t in all_sk]}")
+        if not args.skip_numpy:
+            t_np, all_np, idx_np = _timed(lambda: _numpy_cosine_topk(train, test, args.k), args.repeats)
+            print(f"numpy matmul + argpartition:             {t_np:8.2f} s   runs {[round(t, 2) for t in all_np]}")
+
+    print(f"speed-up of faiss over scikit-learn: {t_sk / t_faiss:.2f}x")
+    if not args.skip_numpy:
+        print(f"speed-up of faiss over numpy:        {t_np / t_faiss:.2f}x")
+    print(f"neighbour agreement faiss vs scikit-learn: {_agreement(idx_faiss, idx_sk):.4f}")
+    if not args.skip_numpy:
+        print(f"neighbour agreement faiss vs numpy:        {_agreement(idx_faiss, idx_np):.4f}")
+
+
+if __name__ == "__main__":
+    main()

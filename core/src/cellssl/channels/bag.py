@@ -1,0 +1,63 @@
+"""``bag_of_channels``: a 1-channel backbone trained on every (image, channel) pair (Channel-Adaptive DINO)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cellssl.channels.base import ChannelStrategy
+from cellssl.channels.single_channel import ChannelSampleDataset, embed_channels_folded
+from cellssl.data.dataset import CellDataset
+
+AGGREGATES = ("concat", "mean")
+
+
+@dataclass
+class BagOfChannelsConfig:
+    """``channels: {name: bag_of_channels, aggregate: concat}``.
+
+    :ivar aggregate: ``concat`` (per-channel embeddings side by side, dimension C x D, in the data's
+        channel order) or ``mean`` (dimension D, independent of C).
+    """
+
+    aggregate: str = "concat"
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+
+
+class BagOfChannels(ChannelStrategy):
+    """Channels are independent samples for training; at inference they are folded into the batch."""
+
+    name = "bag_of_channels"
+
+    def __init__(self, config: BagOfChannelsConfig) -> None:
+        self.config = config
+
+    def in_chans(self, channel_names: Sequence[str]) -> int:
+        return 1
+
+    def training_dataset(self, dataset: CellDataset | Sequence[CellDataset]) -> ChannelSampleDataset:
+        datasets = [dataset] if isinstance(dataset, CellDataset) else list(dataset)
+        return ChannelSampleDataset(datasets)
+
+    def embed(self, backbone: nn.Module, images: torch.Tensor, channel_names: Sequence[str]) -> torch.Tensor:
+        per_channel = embed_channels_folded(backbone, images)
+        if self.config.aggregate == "mean":
+            return per_channel.mean(dim=1)
+        return per_channel.flatten(1)
+
+    def out_dim(self, channel_names: Sequence[str], embed_dim: int) -> int:
+        return embed_dim * len(channel_names) if self.config.aggregate == "concat" else embed_dim
+
+    def describe(self) -> str:
+        return f"bag_of_channels (aggregate={self.config.aggregate})"
+
+
+def build_bag_of_channels(config: BagOfChannelsConfig) -> BagOfChannels:
+    """Factory of the ``bag_of_channels`` strategy."""
+    return BagOfChannels(config)

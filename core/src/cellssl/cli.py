@@ -1,0 +1,150 @@
+"""The ``cellssl`` command line.
+
+Subcommands: ``plugins``, ``config show``, ``train``, ``embed``, ``eval``, ``run``. Configs are YAML
+files followed by ``key=value`` overrides. A user mistake (bad config, bad data, unknown plugin name)
+prints one paragraph and exits with status 2; an unexpected error keeps its traceback (status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+from cellssl import __version__
+from cellssl.errors import CellsslError
+
+logger = logging.getLogger("cellssl")
+
+
+def _print_plugins() -> int:
+    from cellssl.plugins import get_plugin_state
+
+    state = get_plugin_state()
+    for info in state.plugins:
+        status = "ERROR" if info.error else "ok"
+        print(f"{info.name}  [{info.distribution} {info.version}]  {status}")
+        if info.error:
+            print(textwrap.indent(textwrap.fill(info.error, 100), "    "))
+        for kind, names in info.registered.items():
+            print(f"    {kind}: {', '.join(names)}")
+    print()
+    for kind, registry in state.registries.items():
+        print(f"{kind}s:")
+        for entry in registry:
+            print(f"    {entry.name:<22} {entry.summary}  ({entry.distribution})")
+    return 1 if state.errors else 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from cellssl.config.compose import load_run_config
+    from cellssl.config.validate import resolve_entry
+
+    config = load_run_config(args.config, args.overrides)
+    for key, kind in (("data", "dataset"), ("channels", "channel_strategy"), ("backbone", "backbone"),
+                      ("objective", "objective")):
+        if config.get(key) is not None:
+            entry, validated = resolve_entry(config[key], kind, key)
+            config[key] = {"name": entry.name, **OmegaConf.to_container(OmegaConf.structured(validated))}
+    for position, block in enumerate(config.get("eval") or []):
+        entry, validated = resolve_entry(block, "evaluator", f"eval[{position}]")
+        config.eval[position] = {"name": entry.name, **OmegaConf.to_container(OmegaConf.structured(validated))}
+    print(OmegaConf.to_yaml(config), end="")
+    return 0
+
+
+def format_results(results: list[dict[str, Any]]) -> str:
+    """Render evaluator results (their ``table`` rows, else their flat ``metrics``) as text tables."""
+    blocks = []
+    for result in results:
+        title = result.get("evaluator", "eval")
+        rows = result.get("table")
+        if rows:
+            columns = list(rows[0].keys())
+            widths = [max(len(str(c)), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+            lines = [f"{title}:", "  ".join(str(c).ljust(w) for c, w in zip(columns, widths))]
+            lines += ["  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+            blocks.append("\n".join(lines))
+        elif isinstance(result.get("metrics"), dict):
+            lines = [f"{title}:"] + [f"  {k}: {_fmt(v)}" for k, v in result["metrics"].items()]
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _run_stages(args: argparse.Namespace, stages: list[str] | None) -> int:
+    from cellssl.config.compose import load_run_config
+    from cellssl.pipeline import execute
+
+    config = load_run_config(args.config, args.overrides)
+    if getattr(args, "resume", False):
+        config.setdefault("train", {})
+        config.train.resume = True
+    run, outputs = execute(config, stages)
+    if "eval" in outputs:
+        print(format_results(outputs["eval"]))
+    print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cellssl``."""
+    parser = argparse.ArgumentParser(prog="cellssl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cellssl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("plugins", help="list installed plugins, what they register, and load errors")
+
+    config = sub.add_parser("config", help="inspect configs")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the validated config with all defaults")
+    show.add_argument("config")
+    show.add_argument("overrides", nargs="*", help="key=value overrides")
+
+    for name, help_text in (
+        ("train", "pretrain the backbone with the configured SSL objective"),
+        ("embed", "write embeddings of the dataset to the run directory"),
+        ("eval", "evaluate the run's embeddings with the configured evaluators"),
+        ("run", "execute every stage the config names (train, embed, eval)"),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("config")
+        command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+        if name in ("train", "run"):
+            command.add_argument("--resume", action="store_true",
+                                 help="continue from the run directory's last checkpoint")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellssl`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "plugins":
+            return _print_plugins()
+        if args.command == "config":
+            return _config_show(args)
+        stages = None if args.command == "run" else [args.command]
+        return _run_stages(args, stages)
+    except CellsslError as exc:
+        print(f"cellssl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cellssl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

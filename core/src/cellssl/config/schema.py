@@ -1,0 +1,74 @@
+"""Dataclasses of the run-level config sections (those that are not plugin blocks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cellssl.data.normalize import NormalizeConfig
+
+PRECISIONS = ("bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunSection:
+    """``run:`` — where outputs go and how the process behaves.
+
+    :ivar output_dir: run directory (config, checkpoints, embeddings, eval results); default
+        ``runs/<config file stem>``.
+    :ivar seed: global seed.
+    :ivar device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+    :ivar num_threads: CPU threads for torch (``None``: torch's default).
+    :ivar stages: stages ``cellssl run`` executes, in order; default: ``train`` when an ``objective`` is
+        configured, ``embed`` and ``eval`` when ``eval`` evaluators are listed.
+    """
+
+    output_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    stages: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.stages is not None:
+            unknown = [s for s in self.stages if s not in STAGES]
+            if unknown:
+                raise ValueError(f"unknown stages {unknown}; stages are {STAGES}")
+
+
+STAGES = ("train", "embed", "eval")
+
+
+@dataclass
+class EmbedSection:
+    """``embed:`` — how embeddings are computed and written.
+
+    :ivar img_size: images are resized to this square size before the backbone (``None``: keep size;
+        then every image of the dataset must have the same size).
+    :ivar batch_size: images per forward pass.
+    :ivar num_workers: DataLoader worker processes.
+    :ivar precision: ``bf16`` (autocast on CPU and CUDA) or ``fp32``.
+    :ivar shard_rows: rows per Parquet shard (bounds memory).
+    :ivar limit: embed only the first ``limit`` samples (``None``: all).
+    :ivar normalize: pixel normalisation (see :class:`cellssl.data.normalize.NormalizeConfig`); for
+        ``dataset`` mode the statistics come from ``normalize.stats_path``, else from the run directory's
+        ``channel_stats.json`` (written by training), else they are computed on ``stats_samples`` images.
+    :ivar stats_samples: images used to compute dataset statistics when none are stored.
+    """
+
+    img_size: int | None = None
+    batch_size: int = 64
+    num_workers: int = 0
+    precision: str = "bf16"
+    shard_rows: int = 50_000
+    limit: int | None = None
+    normalize: NormalizeConfig = field(default_factory=lambda: NormalizeConfig(mode="dataset"))
+    stats_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")

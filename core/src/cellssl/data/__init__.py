@@ -1,0 +1,1 @@
+"""Data layer: samples, datasets, image readers, metadata tables and transforms."""

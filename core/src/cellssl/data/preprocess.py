@@ -1,0 +1,61 @@
+"""Preprocessing of images for embedding: resize to one size and normalise, by channel name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cellssl.data.dataset import CellDataset
+from cellssl.data.normalize import ChannelStats, Normalizer, build_normalizer, compute_channel_stats
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_STATS_FILE = "channel_stats.json"
+
+
+class EvalPreprocess:
+    """Resize ``(C, H, W)`` to ``(C, size, size)`` (bilinear, antialiased) then normalise.
+
+    Picklable, so DataLoader workers can run it.
+
+    :param normalizer: callable ``(image, channel_names) -> image``.
+    :param size: output side; ``None`` keeps the input size.
+    """
+
+    def __init__(self, normalizer: Normalizer, size: int | None) -> None:
+        self.normalizer = normalizer
+        self.size = size
+
+    def __call__(self, image: torch.Tensor, channel_names: Sequence[str]) -> torch.Tensor:
+        if self.size is not None and tuple(image.shape[-2:]) != (self.size, self.size):
+            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear",
+                                  antialias=True, align_corners=False)[0]
+        return self.normalizer(image, channel_names)
+
+
+def resolve_channel_stats(
+    run_dir: Path, stats_path: str | None, dataset: CellDataset, max_samples: int, seed: int = 0
+) -> ChannelStats:
+    """Dataset-level channel statistics: from ``stats_path``, else ``run_dir/channel_stats.json``, else
+    computed on up to ``max_samples`` images of ``dataset`` and saved to ``run_dir/channel_stats.json``."""
+    if stats_path:
+        return ChannelStats.load(stats_path)
+    stored = run_dir / CHANNEL_STATS_FILE
+    if stored.is_file():
+        return ChannelStats.load(stored)
+    stats = compute_channel_stats(dataset, max_samples=max_samples, seed=seed)
+    stats.save(stored)
+    logger.info("computed channel statistics on %d images -> %s", stats.num_images, stored)
+    return stats
+
+
+def build_eval_preprocess(embed: "EmbedSection", dataset: CellDataset, run_dir: Path) -> EvalPreprocess:  # noqa: F821, UP037
+    """The preprocessing of ``embed:`` for ``dataset``; dataset statistics are resolved as documented."""
+    stats = None
+    if embed.normalize.mode == "dataset":
+        stats = resolve_channel_stats(run_dir, embed.normalize.stats_path, dataset, embed.stats_samples)
+    return EvalPreprocess(build_normalizer(embed.normalize, stats), embed.img_size)

@@ -1,0 +1,97 @@
+"""Embedding export: stream a dataset through a channel strategy and a backbone into Parquet shards.
+
+Memory stays bounded for any dataset size: batches are embedded and handed to an
+:class:`~cellssl.eval.embeddings.EmbeddingWriter`, which flushes a shard every ``shard_rows`` rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cellssl.channels.base import ChannelStrategy
+from cellssl.data.dataset import CellDataset
+from cellssl.data.sample import CellSample
+from cellssl.eval.embeddings import EmbeddingWriter
+
+logger = logging.getLogger(__name__)
+
+Preprocess = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CPU and CUDA for ``precision="bf16"``, nothing for ``"fp32"``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Batcher:
+    """Collate function: preprocess each sample and stack; returns ``(images, indices)``."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, samples: list[CellSample]) -> tuple[torch.Tensor, list[int]]:
+        images = [self.preprocess(s.image, s.channels) for s in samples]
+        shapes = {tuple(im.shape) for im in images}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"images of different sizes {sorted(shapes)} in one batch: set `embed.img_size` so every "
+                "image is resized to one size"
+            )
+        return torch.stack(images), [s.index for s in samples]
+
+
+@torch.no_grad()
+def export_embeddings(
+    dataset: CellDataset,
+    strategy: ChannelStrategy,
+    backbone: nn.Module,
+    out_dir: str | Path,
+    *,
+    preprocess: Preprocess,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    precision: str = "bf16",
+    device: torch.device | str = "cpu",
+    shard_rows: int = 50_000,
+    indices: Sequence[int] | None = None,
+    shard_prefix: str = "",
+    manifest_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Embed ``dataset`` and write Parquet shards with its metadata columns and an ``embedding`` column.
+
+    :param preprocess: maps one ``(C, H, W)`` image and its channel names to the backbone's input
+        (resize, normalisation).
+    :param indices: the samples to embed (default: all), e.g. this rank's share.
+    :param shard_prefix: prefix of the shard files (distinct per rank when several processes write).
+    :return: ``out_dir``.
+    """
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    subset = torch.utils.data.Subset(dataset, list(indices) if indices is not None else range(len(dataset)))
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Batcher(preprocess),
+        persistent_workers=False,
+    )
+    channel_names = tuple(dataset.channel_names)
+    info = {"channels": list(channel_names), "strategy": strategy.describe(), **(manifest_info or {})}
+    out_dir = Path(out_dir)
+    with EmbeddingWriter(out_dir, shard_rows=shard_rows, shard_prefix=shard_prefix, info=info,
+                         overwrite=True) as writer:
+        for images, batch_indices in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+            with autocast_context(device, precision):
+                embeddings = strategy.embed(backbone, images.to(device, non_blocking=True), channel_names)
+            meta = dataset.metadata.iloc[batch_indices].reset_index(drop=True)
+            writer.write(meta, embeddings.float().cpu().numpy())
+    logger.info("wrote embeddings of %d samples to %s", len(subset), out_dir)
+    return out_dir

@@ -1,0 +1,85 @@
+"""Hook specifications of the ``cellssl`` pluggy project.
+
+A plugin is a module (or object) named by an entry point of group ``cellssl`` in its distribution's
+metadata, for example in ``pyproject.toml``::
+
+    [project.entry-points.cellssl]
+    mydata = "my_package.cellssl_plugin"
+
+The module implements any of the hooks below with :data:`hookimpl`. Each hook receives a
+:class:`~cellssl.plugins.registry.Registrar` bound to one component kind and calls
+``registrar.add(name, factory, config_cls, summary)`` once per component. Hooks must not import torch or
+other heavy libraries at module level: factories import what they need when they are called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from cellssl.plugins.registry import Registrar
+
+PROJECT_NAME = "cellssl"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def cellssl_register_datasets(registry: Registrar) -> None:
+    """Register datasets.
+
+    :param registry: registrar for kind ``"dataset"``. Each ``registry.add(name, factory, config_cls,
+        summary)`` registers one dataset. ``factory(config)`` receives an instance of ``config_cls`` (a
+        dataclass validated from the YAML block ``data:``) and returns a
+        :class:`cellssl.data.dataset.CellDataset`: a map-style dataset of
+        :class:`cellssl.data.sample.CellSample` with a ``metadata`` DataFrame (one row per sample, in
+        order) and ``channel_names``.
+    :return: nothing; the registrations are the effect.
+    """
+
+
+@hookspec
+def cellssl_register_channel_strategies(registry: Registrar) -> None:
+    """Register channel strategies.
+
+    :param registry: registrar for kind ``"channel_strategy"``. ``factory(config)`` returns a
+        :class:`cellssl.channels.base.ChannelStrategy`, which decides the backbone's ``in_chans``, the
+        samples the SSL objective trains on, and how a C-channel image batch becomes one embedding per
+        image.
+    :return: nothing.
+    """
+
+
+@hookspec
+def cellssl_register_backbones(registry: Registrar) -> None:
+    """Register backbones.
+
+    :param registry: registrar for kind ``"backbone"``. ``factory(config, in_chans)`` returns a
+        ``torch.nn.Module`` whose ``forward(x: (B, in_chans, H, W))`` returns a ``(B, embed_dim)`` embedding
+        and which exposes an ``embed_dim`` attribute. ``in_chans`` comes from the channel strategy.
+    :return: nothing.
+    """
+
+
+@hookspec
+def cellssl_register_objectives(registry: Registrar) -> None:
+    """Register self-supervised objectives.
+
+    :param registry: registrar for kind ``"objective"``. ``factory(config, backbone_factory)`` returns a
+        :class:`cellssl.objectives.base.Objective` (multi-view transform, student/teacher modules, loss).
+    :return: nothing.
+    """
+
+
+@hookspec
+def cellssl_register_evaluators(registry: Registrar) -> None:
+    """Register evaluators.
+
+    :param registry: registrar for kind ``"evaluator"``. ``factory(config)`` returns a
+        :class:`cellssl.eval.base.Evaluator`, whose ``evaluate(table, context)`` scores an embedding table
+        and returns a JSON-serialisable result dictionary.
+    :return: nothing.
+    """
