@@ -20,14 +20,23 @@ from pathlib import Path
 import numpy as np
 
 
-def _timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, list[float], np.ndarray]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    assert result is not None
-    return statistics.median(times), times, result
+def _interleaved(
+    methods: dict[str, Callable[[], np.ndarray]], repeats: int
+) -> dict[str, tuple[list[float], np.ndarray]]:
+    """Time every method ``repeats`` times, rotating their order each round.
+
+    Rotating spreads the noise of a shared machine over all methods instead of one.
+    """
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    results: dict[str, np.ndarray] = {}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            results[name] = methods[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: (times[name], results[name]) for name in names}
 
 
 def _numpy_cosine_topk(train: np.ndarray, test: np.ndarray, k: int, batch: int = 2048) -> np.ndarray:
@@ -73,9 +82,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import sklearn
-    from cellssl.eval.knn import available_cpus, faiss_threads, knn_search
     from sklearn.neighbors import NearestNeighbors
     from threadpoolctl import threadpool_limits
+
+    from cellssl.eval.knn import available_cpus, faiss_threads, knn_search
 
     threads = args.threads or available_cpus()
     rng = np.random.default_rng(args.seed)
@@ -84,7 +94,7 @@ def main() -> None:
     test = centres[rng.integers(0, 100, args.n_test)] + rng.normal(size=(args.n_test, args.dim)).astype(np.float32)
 
     print(f"exact cosine kNN: {args.n_train} train x {args.n_test} test x {args.dim}-d float32, k={args.k}, "
-          f"median of {args.repeats} runs, {threads} threads")
+          f"median of {args.repeats} interleaved runs, {threads} threads")
     print(f"python {platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}, "
           f"{platform.processor() or platform.machine()}, {available_cpus()} CPUs available")
 
@@ -100,21 +110,25 @@ def main() -> None:
             model = NearestNeighbors(n_neighbors=args.k, metric="cosine", algorithm="brute").fit(train)
             return model.kneighbors(test, return_distance=False)
 
-        t_faiss, all_faiss, idx_faiss = _timed(run_faiss, args.repeats)
-        print(f"faiss (IndexFlatIP, cellssl knn_search): {t_faiss:8.2f} s   runs {[round(t, 2) for t in all_faiss]}")
-        t_sk, all_sk, idx_sk = _timed(run_sklearn, args.repeats)
-        print(f"scikit-learn NearestNeighbors brute:     {t_sk:8.2f} s   runs {[round(t, 2) for t in all_sk]}")
+        methods = {"faiss": run_faiss, "sklearn": run_sklearn}
         if not args.skip_numpy:
-            t_np, all_np, idx_np = _timed(lambda: _numpy_cosine_topk(train, test, args.k), args.repeats)
-            print(f"numpy matmul + argpartition:             {t_np:8.2f} s   runs {[round(t, 2) for t in all_np]}")
+            methods["numpy"] = lambda: _numpy_cosine_topk(train, test, args.k)
+        timings = _interleaved(methods, args.repeats)
 
-    print(f"speed-up of faiss over scikit-learn: {t_sk / t_faiss:.2f}x")
-    if not args.skip_numpy:
-        print(f"speed-up of faiss over numpy:        {t_np / t_faiss:.2f}x")
-    print(f"neighbour agreement faiss vs scikit-learn: {_agreement(idx_faiss, idx_sk):.4f}")
-    if not args.skip_numpy:
-        print(f"neighbour agreement faiss vs numpy:        {_agreement(idx_faiss, idx_np):.4f}")
-
+    labels = {"faiss": "faiss IndexFlatIP (cellssl knn_search)", "sklearn": "scikit-learn NearestNeighbors brute",
+              "numpy": "numpy matmul + argpartition"}
+    median = {name: statistics.median(runs) for name, (runs, _) in timings.items()}
+    for name, (runs, _) in timings.items():
+        print(f"{labels[name]:40s} median {median[name]:7.2f} s  min {min(runs):7.2f} s  "
+              f"runs {[round(t, 2) for t in runs]}")
+    print(f"sklearn / faiss time ratio (median): {median['sklearn'] / median['faiss']:.2f}x "
+          f"(min: {min(timings['sklearn'][0]) / min(timings['faiss'][0]):.2f}x)")
+    if "numpy" in timings:
+        print(f"numpy / faiss time ratio (median):   {median['numpy'] / median['faiss']:.2f}x")
+    reference = timings["faiss"][1]
+    for name in ("sklearn", "numpy"):
+        if name in timings:
+            print(f"top-{args.k} neighbour agreement faiss vs {name}: {_agreement(reference, timings[name][1]):.4f}")
 
 if __name__ == "__main__":
     main()

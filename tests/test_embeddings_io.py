@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from cellssl.errors import DataError
 from cellssl.eval.embeddings import EmbeddingWriter, read_embeddings
 

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
+
+from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
 
 
 def test_multiclass_matches_sklearn() -> None:

@@ -140,24 +140,35 @@ def test_every_hookspec_is_documented_and_typed() -> None:
     import inspect
 
     from cellssl.plugins import hookspecs
+    from cellssl.plugins.manager import HOOK_BY_KIND
 
-    specs = [f for name, f in vars(hookspecs).items() if name.startswith("cellssl_register_")]
-    assert len(specs) == 5
-    for spec in specs:
-        assert spec.__doc__ and ":param registry:" in spec.__doc__, spec.__name__
-        assert inspect.signature(spec).parameters["registry"].annotation == "Registrar"
+    specs = {name: f for name, f in vars(hookspecs).items() if name.startswith("cellssl_")}
+    assert set(HOOK_BY_KIND.values()) <= set(specs)
+    assert len(specs) == len(HOOK_BY_KIND) + 1  # + cellssl_cli_commands
+    for name, spec in specs.items():
+        assert spec.__doc__ and ":return:" in spec.__doc__, name
+        if name in HOOK_BY_KIND.values():
+            assert ":param registry:" in spec.__doc__, name
+            assert inspect.signature(spec).parameters["registry"].annotation == "Registrar"
 
 
-def test_failing_plugin_is_rolled_back_as_a_whole() -> None:
-    @hookimpl
-    def cellssl_register_datasets(registry: Registrar) -> None:
-        registry.add("half", lambda config: config, _Params, "registered before the failure")
-        raise RuntimeError("fails after one entry")
+def test_plugin_cli_commands_are_collected_and_clashes_reported() -> None:
+    from cellssl.plugins.registry import CliCommand
 
-    with pytest.warns(PluginLoadWarning, match="fails after one entry"):
+    def make(name: str, group: str | None = None) -> types.SimpleNamespace:
+        @hookimpl
+        def cellssl_cli_commands() -> list[CliCommand]:
+            return [CliCommand(name, "does things", lambda parser: None, lambda args: 0, group)]
+
+        return _plugin(cellssl_cli_commands=cellssl_cli_commands)
+
+    with pytest.warns(PluginLoadWarning, match="command 'hello' is already provided by 'one-dist'"):
         state = build_plugin_state(
-            extra_plugins=[("half", "half-dist", _plugin(cellssl_register_datasets=cellssl_register_datasets))],
+            extra_plugins=[("one", "one-dist", make("hello")), ("two", "two-dist", make("hello")),
+                           ("three", "three-dist", make("download", group="data")),
+                           ("four", "four-dist", make("run"))],
             load_entry_points=False,
         )
-    assert "half" not in state.registries["dataset"]
-    assert next(i for i in state.plugins if i.name == "half").registered == {}
+    assert set(state.commands) == {"hello", "data download"}
+    assert state.commands["data download"][1] == "three-dist"
+    assert {info.name for info in state.errors} == {"two", "four"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.splits import SplitConfig, make_split
 

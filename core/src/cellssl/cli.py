@@ -121,7 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "run"):
             command.add_argument("--resume", action="store_true",
                                  help="continue from the run directory's last checkpoint")
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands contributed by plugins through ``cellssl_cli_commands`` (grouped ones nest)."""
+    from cellssl.plugins import get_plugin_state
+
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command, distribution in get_plugin_state().commands.values():
+        target = sub
+        if command.group:
+            if command.group not in groups:
+                group_parser = sub.add_parser(command.group, help=f"{command.group} commands")
+                groups[command.group] = group_parser.add_subparsers(dest=f"{command.group}_command", required=True)
+            target = groups[command.group]
+        parser = target.add_parser(command.name, help=f"{command.help} ({distribution})")
+        command.add_arguments(parser)
+        parser.set_defaults(plugin_command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_plugins()
         if args.command == "config":
             return _config_show(args)
+        if getattr(args, "plugin_command", None) is not None:
+            return int(args.plugin_command.run(args))
         stages = None if args.command == "run" else [args.command]
         return _run_stages(args, stages)
     except CellsslError as exc:

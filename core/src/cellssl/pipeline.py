@@ -24,7 +24,7 @@ from torch import nn
 from cellssl.atomic import atomic_write_json
 from cellssl.channels.base import ChannelStrategy
 from cellssl.config.compose import save_resolved_config
-from cellssl.config.schema import STAGES, EmbedSection, RunSection
+from cellssl.config.schema import STAGES, EmbedSection, NormalizeSection, RunSection
 from cellssl.config.validate import build_component, validate_block
 from cellssl.data.dataset import CellDataset
 from cellssl.errors import CheckpointError, ConfigError
@@ -139,7 +139,8 @@ def embed_stage(run: Run) -> Path:
         logger.info("loaded backbone weights from %s", weights)
     else:
         logger.warning("embedding with a randomly initialised backbone (no `weights:` and no trained teacher)")
-    preprocess = build_eval_preprocess(embed, dataset, run.run_dir)
+    normalize = validate_block(run.config.get("normalize"), NormalizeSection, "normalize")
+    preprocess = build_eval_preprocess(embed, normalize, dataset, run.run_dir)
     limit = embed.limit if embed.limit is not None else len(dataset)
     out_dir = run.run_dir / "embeddings"
     for stale in out_dir.glob("*.parquet"):

@@ -13,8 +13,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cellssl.atomic import atomic_write_text
 from cellssl.errors import ConfigError
 
-TOP_LEVEL_KEYS = ("run", "data", "channels", "backbone", "weights", "objective", "train", "embed", "eval",
-                  "launcher")
+TOP_LEVEL_KEYS = ("run", "data", "channels", "backbone", "weights", "normalize", "objective", "train", "embed",
+                  "eval", "launcher")
 
 
 def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cellssl.data.normalize import NormalizeConfig
 
@@ -42,6 +42,26 @@ STAGES = ("train", "embed", "eval")
 
 
 @dataclass
+class NormalizeSection(NormalizeConfig):
+    """``normalize:`` — pixel normalisation shared by training and embedding (one place, so the two match).
+
+    ``mode`` is ``dataset`` by default: per-channel statistics over the dataset keep absolute intensity,
+    which per-image standardisation erases (on the Jurkat cell-cycle images, kNN macro F1 of intensity
+    features: 0.83-0.87 with ``dataset`` or ``scale`` vs 0.59 with ``per_image``). The statistics come
+    from ``stats_path``, else the run directory's ``channel_stats.json``, else they are computed on
+    ``stats_samples`` images and stored there (training stores them, so embedding reuses them).
+    """
+
+    mode: str = "dataset"
+    stats_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stats_samples < 1:
+            raise ValueError(f"normalize.stats_samples must be >= 1, got {self.stats_samples}")
+
+
+@dataclass
 class EmbedSection:
     """``embed:`` — how embeddings are computed and written.
 
@@ -52,10 +72,6 @@ class EmbedSection:
     :ivar precision: ``bf16`` (autocast on CPU and CUDA) or ``fp32``.
     :ivar shard_rows: rows per Parquet shard (bounds memory).
     :ivar limit: embed only the first ``limit`` samples (``None``: all).
-    :ivar normalize: pixel normalisation (see :class:`cellssl.data.normalize.NormalizeConfig`); for
-        ``dataset`` mode the statistics come from ``normalize.stats_path``, else from the run directory's
-        ``channel_stats.json`` (written by training), else they are computed on ``stats_samples`` images.
-    :ivar stats_samples: images used to compute dataset statistics when none are stored.
     """
 
     img_size: int | None = None
@@ -64,8 +80,6 @@ class EmbedSection:
     precision: str = "bf16"
     shard_rows: int = 50_000
     limit: int | None = None
-    normalize: NormalizeConfig = field(default_factory=lambda: NormalizeConfig(mode="dataset"))
-    stats_samples: int = 2000
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cellssl.config.schema import EmbedSection, NormalizeSection
 from cellssl.data.dataset import CellDataset
 from cellssl.data.normalize import ChannelStats, Normalizer, build_normalizer, compute_channel_stats
 
@@ -53,9 +54,17 @@ def resolve_channel_stats(
     return stats
 
 
-def build_eval_preprocess(embed: "EmbedSection", dataset: CellDataset, run_dir: Path) -> EvalPreprocess:  # noqa: F821, UP037
-    """The preprocessing of ``embed:`` for ``dataset``; dataset statistics are resolved as documented."""
+def build_run_normalizer(normalize: NormalizeSection, dataset: CellDataset, run_dir: Path) -> Normalizer:
+    """The normaliser of the ``normalize:`` section; ``dataset`` statistics are resolved as documented in
+    :func:`resolve_channel_stats`."""
     stats = None
-    if embed.normalize.mode == "dataset":
-        stats = resolve_channel_stats(run_dir, embed.normalize.stats_path, dataset, embed.stats_samples)
-    return EvalPreprocess(build_normalizer(embed.normalize, stats), embed.img_size)
+    if normalize.mode == "dataset":
+        stats = resolve_channel_stats(run_dir, normalize.stats_path, dataset, normalize.stats_samples)
+    return build_normalizer(normalize, stats)
+
+
+def build_eval_preprocess(
+    embed: EmbedSection, normalize: NormalizeSection, dataset: CellDataset, run_dir: Path
+) -> EvalPreprocess:
+    """The preprocessing of the ``embed:`` and ``normalize:`` sections for ``dataset``."""
+    return EvalPreprocess(build_run_normalizer(normalize, dataset, run_dir), embed.img_size)

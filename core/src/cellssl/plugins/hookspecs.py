@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from cellssl.plugins.registry import Registrar
+    from cellssl.plugins.registry import CliCommand, Registrar
 
 PROJECT_NAME = "cellssl"
 
@@ -82,4 +82,24 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
         :class:`cellssl.eval.base.Evaluator`, whose ``evaluate(table, context)`` scores an embedding table
         and returns a JSON-serialisable result dictionary.
     :return: nothing.
+    """
+
+
+@hookspec
+def cellssl_register_downloads(registry: Registrar) -> None:
+    """Register downloadable public datasets for ``cellssl data download NAME --to DIR``.
+
+    :param registry: registrar for kind ``"download"``. ``factory(config)`` returns a
+        :class:`cellssl.data.download.DownloadSpec` (files with URLs, sizes and checksums, and what to do
+        after fetching them).
+    :return: nothing.
+    """
+
+
+@hookspec
+def cellssl_cli_commands() -> list[CliCommand]:
+    """Add subcommands to the ``cellssl`` command line.
+
+    :return: the :class:`cellssl.plugins.registry.CliCommand` objects this plugin provides; each gets a
+        subparser named ``command.name`` (a name already taken is reported as a plugin error).
     """

@@ -28,7 +28,7 @@ from typing import Any
 import pluggy
 
 from cellssl.plugins import hookspecs
-from cellssl.plugins.registry import COMPONENT_KINDS, Registrar, Registry
+from cellssl.plugins.registry import COMPONENT_KINDS, CliCommand, Registrar, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,11 @@ HOOK_BY_KIND: dict[str, str] = {
     "backbone": "cellssl_register_backbones",
     "objective": "cellssl_register_objectives",
     "evaluator": "cellssl_register_evaluators",
+    "download": "cellssl_register_downloads",
 }
+
+
+RESERVED_COMMANDS = frozenset({"plugins", "config", "train", "embed", "eval", "run"})
 
 
 class PluginLoadWarning(UserWarning):
@@ -73,6 +77,7 @@ class PluginManagerState:
     manager: pluggy.PluginManager
     registries: dict[str, Registry]
     plugins: list[PluginInfo]
+    commands: dict[str, tuple[CliCommand, str]] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[PluginInfo]:
@@ -180,12 +185,29 @@ def build_plugin_state(
             if registrar.added:
                 info.registered[kind] = list(registrar.added)
 
+    commands: dict[str, tuple[CliCommand, str]] = {}
+    for impl in manager.hook.cellssl_cli_commands.get_hookimpls():
+        info = info_by_name[impl.plugin_name]
+        if info.error is not None:
+            continue
+        try:
+            provided = list(impl.function())
+            for command in provided:
+                if command.full_name in commands or command.full_name in RESERVED_COMMANDS:
+                    owner = commands[command.full_name][1] if command.full_name in commands else "cellssl"
+                    raise ValueError(f"command '{command.full_name}' is already provided by '{owner}'")
+            for command in provided:
+                commands[command.full_name] = (command, info.distribution)
+                info.registered.setdefault("command", []).append(command.full_name)
+        except Exception as exc:
+            info.error = f"cellssl_cli_commands failed: {type(exc).__name__}: {exc}"
+
     for info in plugins:
         if info.error is not None:
             message = f"cellssl plugin '{info.name}' ({info.distribution}) is disabled: {info.error}"
             logger.warning(message)
             warnings.warn(message, PluginLoadWarning, stacklevel=2)
-    return PluginManagerState(manager, registries, plugins)
+    return PluginManagerState(manager, registries, plugins, commands)
 
 
 def _roll_back(registries: dict[str, Registry], info: PluginInfo, failed: Registrar) -> None:

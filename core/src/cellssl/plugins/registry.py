@@ -15,7 +15,7 @@ from typing import Any
 
 from cellssl.errors import DuplicateNameError, UnknownNameError
 
-COMPONENT_KINDS: tuple[str, ...] = ("dataset", "channel_strategy", "backbone", "objective", "evaluator")
+COMPONENT_KINDS: tuple[str, ...] = ("dataset", "channel_strategy", "backbone", "objective", "evaluator", "download")
 
 # Names provided by first-party plugins that are installed separately. An unknown name found here is
 # answered with the distribution to install.
@@ -30,7 +30,31 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "jumpcp": "cellssl-jumpcp",
     },
     "evaluator": {"chammi": "cellssl-chammi"},
+    "download": {"chammi": "cellssl-chammi", "hpa": "cellssl-hpa"},
 }
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """A ``cellssl`` subcommand provided by a plugin.
+
+    :ivar name: the subcommand (``chammi-table``); ``group`` nests it (``cellssl data download``).
+    :ivar help: one line for ``cellssl --help``.
+    :ivar add_arguments: adds the command's arguments to its ``argparse`` subparser.
+    :ivar run: executes the command with the parsed arguments and returns the exit status; raises
+        :class:`cellssl.errors.CellsslError` for user mistakes.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[Any], None]
+    run: Callable[[Any], int]
+    group: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        """``"group name"`` or ``"name"``."""
+        return f"{self.group} {self.name}" if self.group else self.name
 
 
 @dataclass(frozen=True)
