@@ -109,10 +109,16 @@ def test_unknown_name_lists_available_and_suggests_closest() -> None:
         state.registries["dataset"].get("synthetic_cell")
 
 
-def test_unknown_first_party_name_says_what_to_install() -> None:
+def test_unknown_first_party_name_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.plugins import registry as registry_module
+
     state = build_plugin_state(load_entry_points=False)
-    with pytest.raises(UnknownNameError, match=r"provided by the distribution 'cellssl-bloodcells'.*"
-                                               r"pip install cellssl-bloodcells"):
+    monkeypatch.setattr(registry_module, "_is_installed", lambda distribution: False)
+    with pytest.raises(UnknownNameError, match=r"provided by the distribution 'cellssl-bloodcells', which is not "
+                                               r"installed: run `pip install cellssl-bloodcells`"):
+        state.registries["dataset"].get("bloodcells")
+    monkeypatch.setattr(registry_module, "_is_installed", lambda distribution: True)
+    with pytest.raises(UnknownNameError, match=r"'cellssl-bloodcells', which is installed but not loaded"):
         state.registries["dataset"].get("bloodcells")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.metadata as importlib_metadata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,14 @@ class CliCommand:
     def full_name(self) -> str:
         """``"group name"`` or ``"name"``."""
         return f"{self.group} {self.name}" if self.group else self.name
+
+
+def _is_installed(distribution: str) -> bool:
+    try:
+        importlib_metadata.distribution(distribution)
+    except importlib_metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -122,11 +131,18 @@ class Registry:
         parts = [f"unknown {self.kind} '{name}'."]
         provider = KNOWN_PROVIDERS.get(self.kind, {}).get(name)
         if provider is not None:
-            parts.append(
-                f"It is provided by the distribution '{provider}', which is not installed: "
-                f"run `pip install {provider}` (or `pip install -e plugins/{provider}` from a source "
-                "checkout)."
-            )
+            if _is_installed(provider):
+                parts.append(
+                    f"It is provided by the distribution '{provider}', which is installed but not loaded: "
+                    "CELLSSL_PLUGINS or CELLSSL_DISABLE_PLUGIN_AUTOLOAD may exclude it, or it failed to load "
+                    "(run `cellssl plugins` to see its error)."
+                )
+            else:
+                parts.append(
+                    f"It is provided by the distribution '{provider}', which is not installed: "
+                    f"run `pip install {provider}` (or `pip install -e plugins/{provider}` from a source "
+                    "checkout)."
+                )
         close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
         if close and provider is None:
             parts.append(f"Did you mean '{close[0]}'?")

@@ -18,7 +18,8 @@ from cellssl_example_tiles.configs import FovTilesConfig
 class FovTiles(CellDataset):
     """Tiles of ``tile_size`` pixels on a regular grid over each field of view.
 
-    Metadata columns: ``file``, ``fov`` (position of the file in ``files``), ``y``, ``x``.
+    Metadata columns: ``file``, ``fov`` (position of the file in ``files``), ``y``, ``x`` and ``half``
+    (``top`` / ``bottom``: which half of the field the tile comes from, a toy label for demonstrations).
 
     :raises DataError: if a file is missing or its channel count differs from ``channels``.
     """
@@ -38,7 +39,8 @@ class FovTiles(CellDataset):
             _, height, width = image.array.shape
             for y in range(0, height - config.tile_size + 1, stride):
                 for x in range(0, width - config.tile_size + 1, stride):
-                    rows.append({"file": str(file), "fov": fov, "y": y, "x": x})
+                    half = "top" if y + config.tile_size / 2 <= height / 2 else "bottom"
+                    rows.append({"file": str(file), "fov": fov, "y": y, "x": x, "half": half})
         self.metadata = pd.DataFrame(rows)
         self._cache: dict[str, torch.Tensor] = {}
 
