@@ -14,7 +14,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from cellssl.data.labels import labels_of
+from cellssl.data.labels import dataset_labels
 from cellssl.data.table import TableDataset, TableDatasetConfig, build_table_dataset
 from cellssl.errors import ConfigError, DataError
 
@@ -51,9 +51,9 @@ def test_csv_pointing_at_real_crops(shared_data: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(sample.image, torch.from_numpy(raw.astype(np.float32) / 65535))
     assert sample.meta["moa"] == rows.loc[3, "moa"]
     assert dataset.files(3) == (shared_data / "bbbc021-crops" / rows.loc[3, "path"],)
-    y, classes, multilabel = dataset.labels()
-    assert classes == ["DMSO", "Protein synthesis"] and not multilabel
-    np.testing.assert_array_equal(y, [0] * 6 + [1] * 6)
+    labels = dataset.labels()
+    assert labels.names == ["DMSO", "Protein synthesis"] and not labels.multilabel
+    np.testing.assert_array_equal(labels.values, [0] * 6 + [1] * 6)
 
 
 def test_real_metadata_with_default_root_where_split_limit(shared_data: Path) -> None:
@@ -82,7 +82,7 @@ def test_ome_channel_names_and_parquet(shared_data: Path, tmp_path: Path) -> Non
     assert dataset.channel_names == ("brightfield", "dna", "darkfield")
     assert len(dataset) == 14
     assert tuple(dataset[0].image.shape) == (3, 40, 40)
-    _, classes, _ = dataset.labels()
+    classes = dataset.labels().names
     assert classes == sorted(meta["phase"].unique())
 
 
@@ -226,9 +226,11 @@ def test_multilabel_with_separator(shared_data: Path, tmp_path: Path) -> None:
     rows["tags"] = ["nucleus|actin", "actin", "", "mito | nucleus"]
     table = write_csv(rows, tmp_path / "crops.csv")
     dataset = build_table_dataset(config(table, shared_data, label_columns=["tags"], multilabel_separator="|"))
-    y, classes, multilabel = labels_of(dataset.metadata, dataset.label_columns, dataset.label_separator)
-    assert multilabel and classes == ["actin", "mito", "nucleus"]
-    np.testing.assert_array_equal(y, [[1, 0, 1], [1, 0, 0], [0, 0, 0], [0, 1, 1]])
+    labels = dataset.labels()
+    assert labels.multilabel and labels.names == ["actin", "mito", "nucleus"]
+    # the row with no tag is missing: it is skipped, not a row of zeros
+    np.testing.assert_array_equal(labels.valid, [True, True, False, True])
+    np.testing.assert_array_equal(labels.values, [[1, 0, 1], [1, 0, 0], [0, 1, 1]])
 
 
 def test_multilabel_with_boolean_columns(shared_data: Path, tmp_path: Path) -> None:
@@ -237,30 +239,34 @@ def test_multilabel_with_boolean_columns(shared_data: Path, tmp_path: Path) -> N
     rows["Cytosol"] = [1, 1, 0, 0]
     table = write_csv(rows, tmp_path / "crops.csv")
     dataset = build_table_dataset(config(table, shared_data, label_columns=["Nucleoplasm", "Cytosol"]))
-    y, classes, multilabel = dataset.labels()
-    assert multilabel and classes == ["Nucleoplasm", "Cytosol"]
-    np.testing.assert_array_equal(y, [[1, 1], [0, 1], [1, 0], [0, 0]])
+    labels = dataset.labels()
+    assert labels.multilabel and labels.names == ["Nucleoplasm", "Cytosol"]
+    np.testing.assert_array_equal(labels.valid, [True, True, True, False])  # no label set: skipped
+    np.testing.assert_array_equal(labels.values, [[1, 1], [0, 1], [1, 0]])
 
     rows["Cytosol"] = [1, 1, 2, 0]
     write_csv(rows, table)
-    with pytest.raises(DataError, match=r"multi-label column 'Cytosol' holds 2 at sample index 2"):
+    with pytest.raises(DataError, match=r"label column 'Cytosol' holds '2' at sample index 2"):
         build_table_dataset(config(table, shared_data, label_columns=["Nucleoplasm", "Cytosol"]))
 
 
-def test_labels_of_multiclass_and_errors() -> None:
+def test_dataset_labels_multiclass_and_errors() -> None:
     meta = pd.DataFrame({"phase": ["S", "G1", "G2", "G1"], "n": [3, 1, 2, 1]})
-    y, classes, multilabel = labels_of(meta, ["phase"])
-    assert classes == ["G1", "G2", "S"] and not multilabel
-    np.testing.assert_array_equal(y, [2, 0, 1, 0])
-    y, classes, _ = labels_of(meta, ["n"])
-    assert classes == ["1", "2", "3"]
-    np.testing.assert_array_equal(y, [2, 0, 1, 0])
-    with pytest.raises(DataError, match=r"label column 'phase' has 1 empty value"):
-        labels_of(pd.DataFrame({"phase": ["S", None]}), ["phase"])
-    with pytest.raises(DataError, match=r"label column\(s\) 'moa' not in the metadata; available columns: phase, n"):
-        labels_of(meta, ["moa"])
+    labels = dataset_labels(meta, ["phase"])
+    assert labels.names == ["G1", "G2", "S"] and not labels.multilabel
+    np.testing.assert_array_equal(labels.values, [2, 0, 1, 0])
+    labels = dataset_labels(meta, ["n"])
+    assert labels.names == ["1", "2", "3"]
+    np.testing.assert_array_equal(labels.values, [2, 0, 1, 0])
+    labels = dataset_labels(pd.DataFrame({"phase": ["S", None, "G1"]}), ["phase"])
+    assert labels.missing == 1
+    np.testing.assert_array_equal(labels.valid, [True, False, True])
+    with pytest.raises(DataError, match=r"label columns \['moa'\] \(config key 'data.label_column'\) are not in"):
+        dataset_labels(meta, ["moa"])
     with pytest.raises(ConfigError, match="no label column is set"):
-        labels_of(meta, [])
+        dataset_labels(meta, [])
+    with pytest.raises(ConfigError, match="a separator splits one label column"):
+        dataset_labels(meta, ["phase", "n"], separator="|")
 
 
 def test_loading_stays_lazy(shared_data: Path, tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def embed_stage(run: Run) -> Path:
     preprocess = build_eval_preprocess(embed, normalize, dataset, run.run_dir)
     limit = embed.limit if embed.limit is not None else len(dataset)
     out_dir = run.run_dir / "embeddings"
-    for stale in out_dir.glob("*.parquet"):
+    for stale in [*out_dir.glob("*.parquet"), *out_dir.glob("*manifest.json")]:
         stale.unlink()
     export_embeddings(
         dataset, strategy, backbone, out_dir,

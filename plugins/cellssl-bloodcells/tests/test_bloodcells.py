@@ -49,9 +49,9 @@ def test_all_images_with_class_labels(bccd: Path) -> None:
     assert sample.meta["label"] == "WBC" and path.parent.name == "WBC"
     reference = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1) / 255.0
     torch.testing.assert_close(sample.image, torch.from_numpy(reference).float())
-    y, classes, multilabel = dataset.labels()
-    assert classes == ["Platelets", "RBC", "WBC"] and not multilabel
-    assert np.bincount(y).tolist() == [361, 499, 372]
+    labels = dataset.labels()
+    assert labels.names == ["Platelets", "RBC", "WBC"] and not labels.multilabel
+    assert np.bincount(labels.values).tolist() == [361, 499, 372]
 
 
 def test_holdout_is_stratified_disjoint_and_complete(bccd: Path) -> None:

@@ -1,123 +1,188 @@
-"""Labels from metadata columns: multi-class codes or multi-label indicator matrices.
+"""Labels of samples, read from metadata columns, in the three layouts the field uses.
 
-Three layouts are understood (the same ones :class:`~cellssl.data.table.TableDataset` accepts):
+- one column, single-label (multi-class);
+- one column holding several labels joined by a separator (``"Nucleoplasm|Cytosol"``), multi-label;
+- several boolean columns, one per label (``True``/``False``, ``1``/``0``, ``"yes"``/``"no"``), multi-label.
 
-- one column, no separator: multi-class; each distinct value is a class;
-- one column with a separator (``"nucleoplasm|cytosol"``): multi-label; an empty cell means no label;
-- several columns of booleans or 0/1 (one per class, as in HPA tables): multi-label; the column names
-  are the class names.
+Datasets validate their label columns with :func:`dataset_labels`; evaluators read labels with
+:func:`labels_from_metadata`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from cellssl.errors import ConfigError, DataError
 
-_TRUE = {"true", "1", "1.0", "yes"}
-_FALSE = {"false", "0", "0.0", "no", ""}
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["EvalLabels", "dataset_labels", "labels_from_metadata"]
+
+_TRUE = {"true", "1", "yes", "y", "t", "1.0"}
+_FALSE = {"false", "0", "no", "n", "f", "0.0"}
 
 
-def _missing_columns_message(columns: Sequence[str], metadata: pd.DataFrame) -> str:
-    return (
-        f"label column(s) {', '.join(repr(c) for c in columns)} not in the metadata; available columns: "
-        f"{', '.join(map(str, metadata.columns))}"
+@dataclass
+class EvalLabels:
+    """Labels of the rows of a metadata table.
+
+    :ivar values: for the labelled rows only: ``(n,)`` int64 class indices, or ``(n, L)`` int8 0/1.
+    :ivar valid: ``(N,)`` bool, which metadata rows are labelled (and kept).
+    :ivar names: class (or label) names; index ``i`` names class ``i``.
+    :ivar multilabel: whether ``values`` is an indicator matrix.
+    :ivar source: the metadata columns the labels come from.
+    :ivar missing: rows skipped because their label is missing (NaN / None / empty).
+    :ivar unlabelled: multi-label rows skipped because no label is set.
+    """
+
+    values: np.ndarray
+    valid: np.ndarray
+    names: list[str]
+    multilabel: bool
+    source: list[str]
+    missing: int = 0
+    unlabelled: int = 0
+
+
+def _require_columns(metadata: pd.DataFrame, columns: Sequence[str], key: str) -> None:
+    absent = [c for c in columns if c not in metadata.columns]
+    if absent:
+        raise DataError(
+            f"label columns {absent} (config key '{key}') are not in the embedding metadata; "
+            f"available columns: {list(metadata.columns)}"
+        )
+
+
+def _is_missing(series: pd.Series) -> np.ndarray:
+    text = series.astype(str).str.strip()
+    return (series.isna() | (text == "")).to_numpy()
+
+
+def _boolean_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(values as int8, missing mask)`` of a True/False column; raises DataError on other values."""
+    missing = series.isna().to_numpy()
+    out = np.zeros(len(series), dtype=np.int8)
+    for position, value in enumerate(series.to_numpy()):
+        if missing[position]:
+            continue
+        if isinstance(value, bool | np.bool_):
+            out[position] = int(value)
+            continue
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            out[position] = 1
+        elif text not in _FALSE:
+            raise DataError(
+                f"label column '{series.name}' holds {str(value)!r} at sample index {position} (0-based); boolean label columns "
+                "must hold True/False, 1/0 or yes/no"
+            )
+    return out, missing
+
+
+def labels_from_metadata(
+    metadata: pd.DataFrame,
+    label_column: str = "",
+    label_separator: str | None = None,
+    label_columns: Sequence[str] = (),
+    skip_unlabelled: bool = True,
+    key: str = "eval",
+) -> EvalLabels:
+    """Read labels from ``metadata`` (see the module docstring for the three layouts).
+
+    :param label_column: one label column (multi-class, or multi-label with ``label_separator``).
+    :param label_separator: splits ``label_column`` into several labels; tokens are stripped.
+    :param label_columns: boolean columns, one per label (takes precedence over ``label_column``).
+    :param skip_unlabelled: drop multi-label rows with no label set.
+    :param key: config path used in error messages.
+    :raises ConfigError: when no label column is given.
+    :raises DataError: when a column is missing, a boolean column holds other values, or no row is
+        labelled.
+    """
+    import pandas as pd
+
+    if label_columns:
+        columns = list(label_columns)
+        _require_columns(metadata, columns, f"{key}.label_columns")
+        parsed = [_boolean_column(metadata[c]) for c in columns]
+        values = np.stack([p[0] for p in parsed], axis=1)
+        missing = np.any(np.stack([p[1] for p in parsed], axis=1), axis=1)
+        names, multilabel = [str(c) for c in columns], True
+    elif label_column:
+        columns = [label_column]
+        _require_columns(metadata, columns, f"{key}.label_column")
+        series = metadata[label_column]
+        missing = _is_missing(series)
+        if label_separator:
+            tokens = [
+                [] if miss else [t.strip() for t in str(v).split(label_separator) if t.strip()]
+                for v, miss in zip(series.to_numpy(), missing, strict=True)
+            ]
+            names = sorted({t for row in tokens for t in row})
+            position = {name: i for i, name in enumerate(names)}
+            values = np.zeros((len(series), len(names)), dtype=np.int8)
+            for row, row_tokens in enumerate(tokens):
+                values[row, [position[t] for t in row_tokens]] = 1
+            multilabel = True
+        else:
+            kept = series[~missing]
+            try:
+                codes, uniques = pd.factorize(kept, sort=True)
+            except TypeError:  # mixed types cannot be sorted: sort their text
+                codes, uniques = pd.factorize(kept.astype(str), sort=True)
+            values = np.full(len(series), -1, dtype=np.int64)
+            values[~missing] = codes
+            names, multilabel = [str(u) for u in uniques], False
+    else:
+        raise ConfigError(
+            f"{key}.label_column",
+            "no label column: set label_column (or label_columns), or evaluate a dataset that declares "
+            "its label columns",
+        )
+    unlabelled = np.zeros(len(metadata), dtype=bool)
+    if multilabel and skip_unlabelled:
+        unlabelled = ~missing & (values.sum(axis=1) == 0)
+    valid = ~missing & ~unlabelled
+    if not valid.any():
+        raise DataError(
+            f"no row of the embedding metadata has a usable label in {columns} "
+            f"({int(missing.sum())} missing, {int(unlabelled.sum())} without any label)"
+        )
+    return EvalLabels(
+        values=values[valid],
+        valid=valid,
+        names=names,
+        multilabel=multilabel,
+        source=columns,
+        missing=int(missing.sum()),
+        unlabelled=int(unlabelled.sum()),
     )
 
 
-def _sorted_classes(values: Sequence[object]) -> list[object]:
-    try:
-        return sorted(values)  # type: ignore[type-var]
-    except TypeError:  # mixed types: order by their text
-        return sorted(values, key=str)
+def dataset_labels(
+    metadata: pd.DataFrame, label_columns: Sequence[str], separator: str | None = None, key: str = "data"
+) -> EvalLabels:
+    """Labels of a dataset declared as ``label_columns`` (+ ``separator``), the ``table`` convention.
 
+    One column is multi-class, or multi-label when ``separator`` is set; several columns are boolean
+    indicator columns (multi-label).
 
-def _multiclass(column: pd.Series, name: str) -> tuple[np.ndarray, list[str]]:
-    missing = column.isna().to_numpy()
-    if missing.any():
-        rows = np.flatnonzero(missing)[:5].tolist()
-        raise DataError(
-            f"label column {name!r} has {int(missing.sum())} empty value(s) (sample indices {rows}...); "
-            "every sample needs a class: fill them or filter those rows out of the table"
-        )
-    classes = _sorted_classes(list(pd.unique(column)))
-    lookup = {value: code for code, value in enumerate(classes)}
-    codes = np.fromiter((lookup[value] for value in column), dtype=np.int64, count=len(column))
-    return codes, [str(value) for value in classes]
-
-
-def _separated(column: pd.Series, name: str, separator: str) -> tuple[np.ndarray, list[str]]:
-    per_row: list[list[str]] = []
-    for value in column:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            per_row.append([])
-            continue
-        parts = [part.strip() for part in str(value).split(separator)]
-        per_row.append([part for part in parts if part])
-    classes = sorted({label for labels in per_row for label in labels})
-    lookup = {label: code for code, label in enumerate(classes)}
-    matrix = np.zeros((len(per_row), len(classes)), dtype=np.int64)
-    for row, labels in enumerate(per_row):
-        matrix[row, [lookup[label] for label in labels]] = 1
-    return matrix, classes
-
-
-def _indicator(column: pd.Series, name: str) -> np.ndarray:
-    if column.dtype == bool:
-        return column.to_numpy().astype(np.int64)
-    out = np.zeros(len(column), dtype=np.int64)
-    for row, value in enumerate(column):
-        if isinstance(value, (bool, np.bool_)):
-            out[row] = int(value)
-            continue
-        missing = value is None or (isinstance(value, float) and np.isnan(value))
-        text = "" if missing else str(value).strip().lower()
-        if text in _TRUE:
-            out[row] = 1
-        elif text not in _FALSE:
-            raise DataError(
-                f"multi-label column {name!r} holds {value!r} at sample index {row}; one-column-per-class "
-                "labels must be True/False or 1/0"
-            )
-    return out
-
-
-def labels_of(
-    metadata: pd.DataFrame, label_columns: Sequence[str], separator: str | None = None
-) -> tuple[np.ndarray, list[str], bool]:
-    """Turn label columns of ``metadata`` into arrays for evaluators.
-
-    :param metadata: one row per sample.
-    :param label_columns: one column (multi-class, or multi-label with ``separator``) or several
-        boolean / 0-1 columns (multi-label, one per class).
-    :param separator: splits one column into several labels (``"|"``); empty parts are ignored.
-    :return: ``(y, class_names, multilabel)``: for multi-class, ``y`` is int64 codes ``(N,)`` indexing the
-        sorted ``class_names``; for multi-label, ``y`` is an int64 0/1 matrix ``(N, K)`` whose columns
-        are ``class_names``.
-    :raises ConfigError: if no label column is given, or a separator is combined with several columns.
-    :raises DataError: if a column is missing (the message lists the available ones), a multi-class
-        column has empty values, or an indicator column holds something other than booleans / 0-1.
+    :raises ConfigError: if no column is given, or a separator is combined with several columns.
+    :raises DataError: as :func:`labels_from_metadata`.
     """
     columns = list(label_columns)
     if not columns:
-        raise ConfigError("label_columns", "no label column is set; name the metadata column(s) with labels")
-    absent = [column for column in columns if column not in metadata.columns]
-    if absent:
-        raise DataError(_missing_columns_message(absent, metadata))
-    if separator is not None:
-        if len(columns) != 1:
-            raise ConfigError(
-                "multilabel_separator",
-                f"a separator splits one label column, but {len(columns)} columns are set ({columns}); "
-                "use one column with separated labels, or several boolean columns without a separator",
-            )
-        matrix, classes = _separated(metadata[columns[0]], columns[0], separator)
-        return matrix, classes, True
+        raise ConfigError(f"{key}.label_columns", "no label column is set; name the metadata column(s) with labels")
     if len(columns) == 1:
-        codes, classes = _multiclass(metadata[columns[0]], columns[0])
-        return codes, classes, False
-    matrix = np.stack([_indicator(metadata[column], column) for column in columns], axis=1)
-    return matrix.reshape(len(metadata), len(columns)), [str(column) for column in columns], True
+        return labels_from_metadata(metadata, label_column=columns[0], label_separator=separator, key=key)
+    if separator is not None:
+        raise ConfigError(
+            f"{key}.multilabel_separator",
+            f"a separator splits one label column, but {len(columns)} columns are set ({columns}); "
+            "use one column with separated labels, or several boolean columns without a separator",
+        )
+    return labels_from_metadata(metadata, label_columns=columns, key=key)

@@ -22,7 +22,7 @@ import torch
 
 from cellssl.data.bitdepth import parse_bit_depth, scale_to_unit
 from cellssl.data.dataset import CellDataset
-from cellssl.data.labels import labels_of
+from cellssl.data.labels import EvalLabels, dataset_labels
 from cellssl.data.readers import ImageData, read_sample_image
 from cellssl.data.vocabulary import canonical_channel_name
 from cellssl.errors import ConfigError, DataError
@@ -168,7 +168,7 @@ class TableDataset(CellDataset):
     :ivar skipped: rows dropped because their image could not be decoded (``on_corrupt: skip``), with
         the extra columns ``table_row``, ``file`` and ``error``.
     :ivar row_numbers: for each sample, its 1-based data row in the table.
-    :ivar label_separator: ``config.multilabel_separator`` (pass it to :func:`labels_of`).
+    :ivar label_separator: ``config.multilabel_separator`` (pass it to :func:`~cellssl.data.labels.dataset_labels`).
     """
 
     def __init__(
@@ -214,7 +214,7 @@ class TableDataset(CellDataset):
             self._validate(0, self._read(0))
         if self.label_columns:
             try:
-                labels_of(self.metadata, self.label_columns, self.label_separator)
+                dataset_labels(self.metadata, self.label_columns, self.label_separator)
             except DataError as exc:
                 raise DataError(f"table {self.source}: {exc}") from exc
 
@@ -395,14 +395,14 @@ class TableDataset(CellDataset):
         """The resolved image file(s) of sample ``index`` (one per channel in that layout)."""
         return self._paths[index]
 
-    def labels(self) -> tuple[np.ndarray, list[str], bool]:
-        """:func:`~cellssl.data.labels.labels_of` of this dataset's label columns.
+    def labels(self) -> EvalLabels:
+        """:func:`~cellssl.data.labels.dataset_labels` of this dataset's label columns.
 
         :raises ConfigError: if the dataset has no label columns.
         """
         if not self.label_columns:
             raise ConfigError("data.label_columns", f"dataset {self.source} has no label columns")
-        return labels_of(self.metadata, self.label_columns, self.label_separator)
+        return dataset_labels(self.metadata, self.label_columns, self.label_separator)
 
 
 def build_table_dataset(config: TableDatasetConfig) -> TableDataset:

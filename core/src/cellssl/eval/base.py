@@ -2,7 +2,8 @@
 
 An evaluator scores an :class:`~cellssl.eval.embeddings.EmbeddingTable` (embeddings + metadata) and
 returns a JSON-serialisable dict; the runner writes it to ``<run_dir>/eval/<name>.json`` with
-:func:`write_result_json`. Labels come from metadata columns, read by :func:`labels_from_metadata`:
+:func:`write_result_json`. Labels come from metadata columns, read by :func:`cellssl.data.labels.labels_from_metadata`
+(re-exported here):
 
 - one column, single-label (multi-class);
 - one column holding several labels joined by a separator (``"Nucleoplasm|Cytosol"``), multi-label;
@@ -16,24 +17,22 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellssl.errors import ConfigError, DataError
+from cellssl.data.labels import EvalLabels, labels_from_metadata
 from cellssl.eval.embeddings import write_json_atomic
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from cellssl.eval.embeddings import EmbeddingTable
 
-_TRUE = {"true", "1", "yes", "y", "t", "1.0"}
-_FALSE = {"false", "0", "no", "n", "f", "0.0"}
 
+
+__all__ = ["EvalContext", "EvalLabels", "Evaluator", "labels_from_metadata", "to_jsonable", "write_result_json"]
 
 @dataclass
 class EvalContext:
@@ -105,137 +104,3 @@ def write_result_json(result: dict[str, Any], run_dir: str | Path, name: str) ->
     return path
 
 
-@dataclass
-class EvalLabels:
-    """Labels of the rows of a metadata table.
-
-    :ivar values: for the labelled rows only: ``(n,)`` int64 class indices, or ``(n, L)`` int8 0/1.
-    :ivar valid: ``(N,)`` bool, which metadata rows are labelled (and kept).
-    :ivar names: class (or label) names; index ``i`` names class ``i``.
-    :ivar multilabel: whether ``values`` is an indicator matrix.
-    :ivar source: the metadata columns the labels come from.
-    :ivar missing: rows skipped because their label is missing (NaN / None / empty).
-    :ivar unlabelled: multi-label rows skipped because no label is set.
-    """
-
-    values: np.ndarray
-    valid: np.ndarray
-    names: list[str]
-    multilabel: bool
-    source: list[str]
-    missing: int = 0
-    unlabelled: int = 0
-
-
-def _require_columns(metadata: pd.DataFrame, columns: Sequence[str], key: str) -> None:
-    absent = [c for c in columns if c not in metadata.columns]
-    if absent:
-        raise DataError(
-            f"label columns {absent} (config key '{key}') are not in the embedding metadata; "
-            f"available columns: {list(metadata.columns)}"
-        )
-
-
-def _is_missing(series: pd.Series) -> np.ndarray:
-    text = series.astype(str).str.strip()
-    return (series.isna() | (text == "")).to_numpy()
-
-
-def _boolean_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """``(values as int8, missing mask)`` of a True/False column; raises DataError on other values."""
-    missing = series.isna().to_numpy()
-    out = np.zeros(len(series), dtype=np.int8)
-    for position, value in enumerate(series.to_numpy()):
-        if missing[position]:
-            continue
-        if isinstance(value, bool | np.bool_):
-            out[position] = int(value)
-            continue
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            out[position] = 1
-        elif text not in _FALSE:
-            raise DataError(
-                f"label column '{series.name}' row {position} holds {value!r}; boolean label columns "
-                "must hold True/False, 1/0 or yes/no"
-            )
-    return out, missing
-
-
-def labels_from_metadata(
-    metadata: pd.DataFrame,
-    label_column: str = "",
-    label_separator: str | None = None,
-    label_columns: Sequence[str] = (),
-    skip_unlabelled: bool = True,
-    key: str = "eval",
-) -> EvalLabels:
-    """Read labels from ``metadata`` (see the module docstring for the three layouts).
-
-    :param label_column: one label column (multi-class, or multi-label with ``label_separator``).
-    :param label_separator: splits ``label_column`` into several labels; tokens are stripped.
-    :param label_columns: boolean columns, one per label (takes precedence over ``label_column``).
-    :param skip_unlabelled: drop multi-label rows with no label set.
-    :param key: config path used in error messages.
-    :raises ConfigError: when no label column is given.
-    :raises DataError: when a column is missing, a boolean column holds other values, or no row is
-        labelled.
-    """
-    import pandas as pd
-
-    if label_columns:
-        columns = list(label_columns)
-        _require_columns(metadata, columns, f"{key}.label_columns")
-        parsed = [_boolean_column(metadata[c]) for c in columns]
-        values = np.stack([p[0] for p in parsed], axis=1)
-        missing = np.any(np.stack([p[1] for p in parsed], axis=1), axis=1)
-        names, multilabel = [str(c) for c in columns], True
-    elif label_column:
-        columns = [label_column]
-        _require_columns(metadata, columns, f"{key}.label_column")
-        series = metadata[label_column]
-        missing = _is_missing(series)
-        if label_separator:
-            tokens = [
-                [] if miss else [t.strip() for t in str(v).split(label_separator) if t.strip()]
-                for v, miss in zip(series.to_numpy(), missing, strict=True)
-            ]
-            names = sorted({t for row in tokens for t in row})
-            position = {name: i for i, name in enumerate(names)}
-            values = np.zeros((len(series), len(names)), dtype=np.int8)
-            for row, row_tokens in enumerate(tokens):
-                values[row, [position[t] for t in row_tokens]] = 1
-            multilabel = True
-        else:
-            kept = series[~missing]
-            try:
-                codes, uniques = pd.factorize(kept, sort=True)
-            except TypeError:  # mixed types cannot be sorted: sort their text
-                codes, uniques = pd.factorize(kept.astype(str), sort=True)
-            values = np.full(len(series), -1, dtype=np.int64)
-            values[~missing] = codes
-            names, multilabel = [str(u) for u in uniques], False
-    else:
-        raise ConfigError(
-            f"{key}.label_column",
-            "no label column: set label_column (or label_columns), or evaluate a dataset that declares "
-            "its label columns",
-        )
-    unlabelled = np.zeros(len(metadata), dtype=bool)
-    if multilabel and skip_unlabelled:
-        unlabelled = ~missing & (values.sum(axis=1) == 0)
-    valid = ~missing & ~unlabelled
-    if not valid.any():
-        raise DataError(
-            f"no row of the embedding metadata has a usable label in {columns} "
-            f"({int(missing.sum())} missing, {int(unlabelled.sum())} without any label)"
-        )
-    return EvalLabels(
-        values=values[valid],
-        valid=valid,
-        names=names,
-        multilabel=multilabel,
-        source=columns,
-        missing=int(missing.sum()),
-        unlabelled=int(unlabelled.sum()),
-    )
