@@ -27,6 +27,18 @@ def test_plugins_lists_builtins_and_their_entries(capsys: pytest.CaptureFixture[
     assert "builtin  [cellssl" in out
     assert "dataset: synthetic_cells, table" in out
     assert "    bag_of_channels " in out and "(cellssl)" in out
+    # first-party plugins installed by `make install` are discovered through their entry points
+    assert "bloodcells  [cellssl-bloodcells " in out and "dataset: bloodcells" in out
+
+
+def test_plugin_excluded_by_switch_is_named_with_its_distribution(tmp_path: Path) -> None:
+    config = tmp_path / "bc.yaml"
+    config.write_text("data: {name: bloodcells, root: /nowhere}\nbackbone: {name: vit_tiny}\n")
+    result = _cellssl("embed", str(config), f"run.output_dir={tmp_path / 'run'}",
+                      env={"CELLSSL_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.returncode == 2
+    assert ("unknown dataset 'bloodcells'. It is provided by the distribution 'cellssl-bloodcells', which is "
+            "installed but not loaded") in result.stderr
 
 
 def test_config_show_prints_validated_defaults(capsys: pytest.CaptureFixture[str]) -> None:
