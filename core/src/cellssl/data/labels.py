@@ -78,8 +78,8 @@ def _boolean_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             out[position] = 1
         elif text not in _FALSE:
             raise DataError(
-                f"label column '{series.name}' holds {str(value)!r} at sample index {position} (0-based); boolean label columns "
-                "must hold True/False, 1/0 or yes/no"
+                f"label column '{series.name}' holds {str(value)!r} at sample index {position} (0-based); "
+                "boolean label columns must hold True/False, 1/0 or yes/no"
             )
     return out, missing
 
