@@ -171,10 +171,10 @@ def test_plugin_cli_commands_are_collected_and_clashes_reported() -> None:
     with pytest.warns(PluginLoadWarning, match="command 'hello' is already provided by 'one-dist'"):
         state = build_plugin_state(
             extra_plugins=[("one", "one-dist", make("hello")), ("two", "two-dist", make("hello")),
-                           ("three", "three-dist", make("download", group="data")),
+                           ("three", "three-dist", make("download", group="tools")),
                            ("four", "four-dist", make("run"))],
             load_entry_points=False,
         )
-    assert set(state.commands) == {"hello", "data download"}
-    assert state.commands["data download"][1] == "three-dist"
+    assert {"hello", "tools download"} <= set(state.commands)
+    assert state.commands["tools download"][1] == "three-dist"
     assert {info.name for info in state.errors} == {"two", "four"}

@@ -17,14 +17,15 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cellssl.atomic import atomic_write_json
 from cellssl.data.labels import EvalLabels, labels_from_metadata
-from cellssl.eval.embeddings import write_json_atomic
 
 if TYPE_CHECKING:
 
@@ -42,12 +43,21 @@ class EvalContext:
     :ivar label_columns: the dataset's label columns (fallback when the evaluator's config names none).
     :ivar label_separator: separator of a multi-label column (``None``: single-label).
     :ivar identity: dataset / model identity (names, checkpoint, channels), copied into results.
+    :ivar load_model: for evaluators that need the model (attention maps, drop-one-channel): returns
+        ``(channel strategy, backbone)``, the backbone with the run's weights, in eval mode, on ``device``.
+        ``None`` when the run has no model (e.g. evaluating an embedding table alone).
+    :ivar load_dataset: for evaluators that need the images: returns ``(dataset, preprocess)`` where
+        ``preprocess(image, channel_names)`` is the embedding preprocessing (resize + normalise).
+    :ivar device: torch device name the model runs on (``"cpu"``, ``"cuda"``, ...).
     """
 
     run_dir: Path
     label_columns: list[str] = field(default_factory=list)
     label_separator: str | None = None
     identity: dict[str, Any] = field(default_factory=dict)
+    load_model: Callable[[], tuple[Any, Any]] | None = None
+    load_dataset: Callable[[], tuple[Any, Any]] | None = None
+    device: str = "cpu"
 
 
 class Evaluator(ABC):
@@ -100,7 +110,7 @@ def write_result_json(result: dict[str, Any], run_dir: str | Path, name: str) ->
     path = folder / f"{name}.json"
     payload = to_jsonable(result)
     json.dumps(payload, allow_nan=False)  # fail before touching the disk
-    write_json_atomic(payload, path)
+    atomic_write_json(path, payload)
     return path
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cellssl.atomic import atomic_open, atomic_write_json
 from cellssl.errors import DataError
 
 if TYPE_CHECKING:
@@ -73,27 +72,6 @@ class EmbeddingTable:
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a hidden temporary file beside ``path``, then move it to ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (temporary file + :func:`os.replace`)."""
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class EmbeddingWriter:
@@ -245,7 +223,8 @@ class EmbeddingWriter:
         flat = pa.array(emb.reshape(-1), type=pa.float32())
         table = table.append_column(EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]))
         name = f"{self.shard_prefix}part-{len(self._shards):05d}.parquet"
-        _atomic_write_bytes(self.out_dir / name, lambda tmp: pq.write_table(table, tmp))
+        with atomic_open(self.out_dir / name, "wb") as handle:
+            pq.write_table(table, handle)
         self._shards.append({"file": name, "rows": len(meta)})
         self._rows += len(meta)
         self._buffer_meta, self._buffer_emb, self._buffered = [], [], 0
@@ -270,7 +249,7 @@ class EmbeddingWriter:
             "shards": self._shards,
             "info": self.info,
         }
-        write_json_atomic(manifest, self.manifest_path)
+        atomic_write_json(self.manifest_path, manifest)
         logger.info("wrote %d embeddings (dim %s) in %d shards to %s", self._rows, self._dim,
                     len(self._shards), self.out_dir)
         return self.manifest_path

@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cellssl.atomic import atomic_open
 from cellssl.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -212,30 +212,6 @@ def load_backbone_weights(
 
 def save_state_dict_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``state`` with :func:`torch.save` so that ``path`` is either the old file or the complete
-    new one: write a temporary file in the same folder, fsync it, then :func:`os.replace`.
-
-    The parent folder is created if needed. On failure the temporary file is removed and the error
-    propagates.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:  # make the rename durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    new one (see :func:`cellssl.atomic.atomic_open`). The parent folder is created if needed."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(dict(state), handle)
