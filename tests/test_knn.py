@@ -195,6 +195,9 @@ def test_evaluator_boolean_label_columns_and_errors(tmp_path: Path) -> None:
         build_knn_evaluator(KNNEvaluatorConfig()).evaluate(table, EvalContext(run_dir=tmp_path))
     with pytest.raises(DataError, match=r"label columns \['cell_line'\]"):
         build_knn_evaluator(KNNEvaluatorConfig(label_column="cell_line")).evaluate(table, EvalContext(tmp_path))
+    too_many = KNNEvaluatorConfig(label_column="phase", ks=[100])
+    with pytest.raises(ConfigError, match=r"'knn\.ks': k=100 is larger than the number of training rows \(94\)"):
+        build_knn_evaluator(too_many).evaluate(table, EvalContext(tmp_path))
     with pytest.raises(ValueError, match="metric must be one of cosine, l2"):
         KNNEvaluatorConfig(metric="dot")
 

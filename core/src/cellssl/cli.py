@@ -1,8 +1,9 @@
 """The ``cellssl`` command line.
 
-Subcommands: ``plugins``, ``config show``, ``train``, ``embed``, ``eval``, ``run``. Configs are YAML
-files followed by ``key=value`` overrides. A user mistake (bad config, bad data, unknown plugin name)
-prints one paragraph and exits with status 2; an unexpected error keeps its traceback (status 1).
+Subcommands: ``plugins``, ``config show``, ``train``, ``embed``, ``eval``, ``run``, ``report``,
+``compare``. Configs are YAML files followed by ``key=value`` overrides. A user mistake (bad config,
+bad data, unknown plugin name) prints one paragraph and exits with status 2; an unexpected error
+keeps its traceback (status 1).
 """
 
 from __future__ import annotations
@@ -82,16 +83,19 @@ def _fmt(value: Any) -> str:
 
 def _run_stages(args: argparse.Namespace, stages: list[str] | None) -> int:
     from cellssl.config.compose import load_run_config
-    from cellssl.pipeline import execute
+    from cellssl.launch import launch
 
     config = load_run_config(args.config, args.overrides)
     if getattr(args, "resume", False):
-        config.setdefault("train", {})
+        if config.get("train") is None:
+            config.train = {}
         config.train.resume = True
-    run, outputs = execute(config, stages)
-    if "eval" in outputs:
-        print(format_results(outputs["eval"]))
-    print(f"run directory: {run.run_dir}")
+    result = launch(config, stages)
+    if result.job is not None:
+        print(f"submitted job {result.job.job_id}; logs in {result.job.paths.folder}")
+    if result.outputs and "eval" in result.outputs:
+        print(format_results(result.outputs["eval"]))
+    print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -121,8 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "run"):
             command.add_argument("--resume", action="store_true",
                                  help="continue from the run directory's last checkpoint")
+    report = sub.add_parser("report", help="write report.md and report.html with a run's results and pictures")
+    report.add_argument("run_dir")
+    report.add_argument("--out", help="folder for report.md / report.html (default: the run directory)")
+    compare = sub.add_parser("compare", help="runs side by side: one table per evaluator, metrics x runs")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", help="also write the comparison to this .md, .html or .json file")
+    compare.add_argument("--metrics", action="append", metavar="PATTERN",
+                         help="keep metrics matching this pattern, e.g. '*_f1_mean' (repeatable)")
+    compare.add_argument("--evaluator", action="append", metavar="NAME",
+                         help="keep this result, eval/NAME.json (repeatable)")
     _add_plugin_commands(sub)
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cellssl.report import write_report
+
+    markdown, page = write_report(args.run_dir, args.out)
+    print(f"wrote {markdown}\nwrote {page}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cellssl.report import compare_runs, comparison_text, write_comparison
+
+    comparison = compare_runs(args.run_dirs, metrics=args.metrics or [], evaluators=args.evaluator or [])
+    print(comparison_text(comparison))
+    if args.out:
+        print(f"wrote {write_comparison(comparison, args.out)}")
+    return 0
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
@@ -149,11 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     try:
         if args.command == "plugins":
             return _print_plugins()
         if args.command == "config":
             return _config_show(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "compare":
+            return _compare(args)
         if getattr(args, "plugin_command", None) is not None:
             return int(args.plugin_command.run(args))
         stages = None if args.command == "run" else [args.command]

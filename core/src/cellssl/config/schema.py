@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cellssl.data.normalize import NormalizeConfig
 
@@ -62,6 +62,22 @@ class NormalizeSection(NormalizeConfig):
 
 
 @dataclass
+class FeaturesSection:
+    """``embed.features:`` — which backbone features make the embedding (DINOv2 linear-probe variants).
+
+    :ivar n_last_blocks: concatenate the CLS tokens of the last ``n`` blocks (ViT only when > 1).
+    :ivar avgpool: append the mean patch token of the last block (ViT only).
+    """
+
+    n_last_blocks: int = 1
+    avgpool: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_last_blocks < 1:
+            raise ValueError(f"features.n_last_blocks must be >= 1, got {self.n_last_blocks}")
+
+
+@dataclass
 class EmbedSection:
     """``embed:`` — how embeddings are computed and written.
 
@@ -72,6 +88,7 @@ class EmbedSection:
     :ivar precision: ``bf16`` (autocast on CPU and CUDA) or ``fp32``.
     :ivar shard_rows: rows per Parquet shard (bounds memory).
     :ivar limit: embed only the first ``limit`` samples (``None``: all).
+    :ivar features: backbone features per image (see :class:`FeaturesSection`).
     """
 
     img_size: int | None = None
@@ -80,6 +97,7 @@ class EmbedSection:
     precision: str = "bf16"
     shard_rows: int = 50_000
     limit: int | None = None
+    features: FeaturesSection = field(default_factory=FeaturesSection)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -1,9 +1,11 @@
-"""Exact k-nearest-neighbour classification with faiss, DINOv2 style.
+"""k-nearest-neighbour classification with faiss, DINOv2 style.
 
 Protocol (:func:`knn_classify`):
 
-- Search: exact, on CPU. ``metric="cosine"``: rows are L2-normalised (all-zero rows stay zero, with
-  similarity 0 to everything) and searched with ``faiss.IndexFlatIP``; the similarity is the cosine.
+- Search: exact, on CPU, by default; ``index`` (:class:`~cellssl.eval.knn_index.KNNIndexConfig`) selects a
+  faiss GPU index and/or an approximate IVF index for training sets too large for an exact search.
+  ``metric="cosine"``: rows are L2-normalised (all-zero rows stay zero, with similarity 0 to everything)
+  and searched with ``faiss.IndexFlatIP``; the similarity is the cosine.
   ``metric="l2"``: ``faiss.IndexFlatL2``; the similarity is minus the Euclidean distance.
   The ``max(ks)`` nearest neighbours are searched once, in batches of ``batch_size`` test rows, and
   every ``k`` reuses the first ``k`` of them.
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cellssl.errors import ConfigError, DataError
+from cellssl.eval.knn_index import KNNIndexConfig, build_index, search
 from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
 
 logger = logging.getLogger(__name__)
@@ -120,8 +123,11 @@ def knn_search(
     metric: str = "cosine",
     batch_size: int = 4096,
     num_threads: int | None = None,
+    index: KNNIndexConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` search of every test row among the training rows.
+    """Top-``k`` search of every test row among the training rows: exact by default, or with the faiss index
+    ``index`` describes (IVF, GPU; :mod:`cellssl.eval.knn_index`). Test rows for which an IVF search found
+    fewer than ``k`` rows in its cells are searched exactly.
 
     :return: ``(similarity, index)``, both ``(n_test, k)``, best first; similarity is the cosine, or
         minus the Euclidean distance for ``metric="l2"``.
@@ -129,8 +135,6 @@ def knn_search(
     :raises ConfigError: when ``k`` exceeds the number of training rows.
     :raises ValueError: for an unknown ``metric`` or a non-positive ``batch_size``.
     """
-    import faiss
-
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if batch_size < 1:
@@ -144,20 +148,23 @@ def knn_search(
     check_ks([k], train.shape[0])
     if metric == "cosine":
         train = _normalise(train)
-        index = faiss.IndexFlatIP(train.shape[1])
-    else:
-        index = faiss.IndexFlatL2(train.shape[1])
+    config = index if index is not None else KNNIndexConfig(device="cpu")
     similarity = np.empty((test.shape[0], k), dtype=np.float32)
     neighbours = np.empty((test.shape[0], k), dtype=np.int64)
     with faiss_threads(num_threads) as threads:
-        index.add(train)
-        logger.debug("faiss exact %s search: %d x %d, k=%d, %d threads", metric, test.shape[0],
-                     train.shape[0], k, threads)
+        built = build_index(train, metric, config, k)
+        logger.debug("faiss %s %s search on %s: %d x %d, k=%d, %d threads", config.kind, metric,
+                     built.info["device"], test.shape[0], train.shape[0], k, threads)
+        exact = None
         for start in range(0, test.shape[0], batch_size):
             block = test[start : start + batch_size]
             if metric == "cosine":
                 block = _normalise(block)
-            scores, ids = index.search(block, k)
+            scores, ids = search(built, block, k)
+            short = (ids < 0).any(axis=1)
+            if short.any():  # an IVF probe held fewer than k rows: search those queries exactly
+                exact = exact or build_index(train, metric, KNNIndexConfig(device="cpu"), k)
+                scores[short], ids[short] = search(exact, block[short], k)
             if metric == "l2":
                 scores = -np.sqrt(np.maximum(scores, 0.0))
             similarity[start : start + len(block)] = scores
@@ -186,6 +193,7 @@ def knn_classify(
     num_classes: int | None = None,
     batch_size: int = 4096,
     num_threads: int | None = None,
+    index: KNNIndexConfig | None = None,
 ) -> dict[int, KNNPrediction]:
     """Classify every test row by its nearest training rows, for each ``k`` in ``ks``.
 
@@ -197,7 +205,7 @@ def knn_classify(
     :param voting: ``weighted`` or ``majority``. :param multilabel: labels are an indicator matrix.
     :param num_classes: ``C`` (default ``max(train_y) + 1``); ignored for multi-label.
     :param batch_size: test rows per faiss search. :param num_threads: faiss threads (see
-        :func:`faiss_threads`).
+        :func:`faiss_threads`). :param index: the faiss index (default: exact, CPU).
     :return: ``{k: KNNPrediction}`` in the order of ``ks``.
     :raises ConfigError: (key ``ks``) when ``ks`` is empty, holds k < 1 or k > n_train.
     :raises DataError: for malformed embeddings (see :func:`knn_search`).
@@ -224,7 +232,7 @@ def knn_classify(
         if labels.size and labels.max() >= num_classes:
             raise ValueError(f"class index {labels.max()} is out of range for num_classes={num_classes}")
     ks = check_ks(ks, n_train)
-    similarity, neighbours = knn_search(train_x, test_x, max(ks), metric, batch_size, num_threads)
+    similarity, neighbours = knn_search(train_x, test_x, max(ks), metric, batch_size, num_threads, index)
     n_test = similarity.shape[0]
     results: dict[int, KNNPrediction] = {}
     for k in ks:
@@ -255,6 +263,7 @@ def knn_evaluate(
     per_class_report: bool = True,
     batch_size: int = 4096,
     num_threads: int | None = None,
+    index: KNNIndexConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run :func:`knn_classify` and score each ``k`` with :mod:`cellssl.eval.metrics`.
 
@@ -270,7 +279,7 @@ def knn_evaluate(
         num_classes = int(both.max()) + 1 if both.size else 1
     predictions = knn_classify(train_x, train_y, test_x, ks, metric=metric, temperature=temperature,
                                voting=voting, multilabel=multilabel, num_classes=num_classes,
-                               batch_size=batch_size, num_threads=num_threads)
+                               batch_size=batch_size, num_threads=num_threads, index=index)
     results: dict[str, dict[str, Any]] = {}
     for k, prediction in predictions.items():
         if multilabel:

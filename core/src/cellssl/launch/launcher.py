@@ -61,16 +61,23 @@ def launch(config: DictConfig, stages: list[str] | None = None) -> LaunchResult:
     if name != "slurm":
         raise ConfigError("launcher.name", f"unknown launcher '{name}'; launchers are {', '.join(LAUNCHERS)}")
     settings = validate_block(block, _slurm_config(), "launcher")
-    from cellssl.launch.slurm import submit
+    from cellssl.launch.slurm import resolve_run_dir, submit
 
-    run_dir = Path(str(config.run.output_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = OmegaConf.select(config, "run.output_dir")
+    if not output_dir:
+        raise ConfigError("run.output_dir", "is required with the slurm launcher (the job writes there; `%j` in it "
+                                            "is replaced by the job id), e.g. run.output_dir=runs/vitl_%j")
+    run_dir = Path(str(output_dir))
+    if "%j" not in str(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     job_config = config.copy()
     job_config.launcher = None  # the job itself runs locally
     job = submit(settings, OmegaConf.to_yaml(job_config, resolve=True), run_dir, stages)
+    run_dir = resolve_run_dir(run_dir, str(job.job_id))
     if settings.wait:
         try:
-            job.result()
+            job.results()
         except Exception as exc:
-            raise CellsslError(f"job {job.job_id} failed: {exc}. Logs: {job.paths.folder}") from exc
+            raise CellsslError(f"job {job.job_id} failed: {exc}. Logs: {job.paths.folder} and {run_dir / 'logs'}"
+                               ) from exc
     return LaunchResult(run_dir, None, job)

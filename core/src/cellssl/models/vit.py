@@ -23,6 +23,7 @@ from torch import nn
 
 from cellssl.errors import DataError
 from cellssl.models.attention import BACKENDS, Attention
+from cellssl.models.packed import PACKING_MODES, PackedLayout, forward_crops, packed_block_forward, resolve_mode
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ class ViTConfig:
     grid (``img_size // patch_size`` per side); any input whose sides are multiples of ``patch_size``
     is accepted. ``layerscale_init`` None or 0 disables LayerScale. ``interpolate_offset`` 0.1 with
     ``interpolate_antialias`` False reproduces the original DINOv2 / cell models; 0.0 with True the
-    ``_reg4`` models. ``attention`` is a backend of :mod:`cellssl.models.attention`.
+    ``_reg4`` models. ``attention`` is a backend of :mod:`cellssl.models.attention`. ``crop_packing`` is how a
+    list of crop batches of different sizes (multi-crop training) goes through the blocks in one pass
+    (:mod:`cellssl.models.packed`: ``auto``, ``grouped``, ``padded``, ``xformers``; ``off``: one pass per size).
 
     :raises ValueError: in ``__post_init__`` for an unknown arch or backend or an out-of-range value.
     """
@@ -58,6 +61,7 @@ class ViTConfig:
     interpolate_offset: float = 0.1
     interpolate_antialias: bool = False
     attention: str = "auto"
+    crop_packing: str = "auto"
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
@@ -83,6 +87,8 @@ class ViTConfig:
             raise ValueError(f"interpolate_offset must be >= 0, got {self.interpolate_offset}")
         if self.attention not in BACKENDS:
             raise ValueError(f"attention: unknown backend {self.attention!r}; choose one of {list(BACKENDS)}")
+        if self.crop_packing not in PACKING_MODES:
+            raise ValueError(f"crop_packing: unknown mode {self.crop_packing!r}; choose one of {list(PACKING_MODES)}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         for key in ("embed_dim", "depth", "num_heads"):
@@ -208,7 +214,10 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layerscale_init) if layerscale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: PackedLayout | None = None) -> torch.Tensor:
+        """``(B, N, dim)`` tokens, or a packed ``(1, T, dim)`` sequence of several crops with its ``layout``."""
+        if layout is not None:
+            return packed_block_forward(self, x, layout)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
@@ -232,6 +241,7 @@ class VisionTransformer(nn.Module):
         self.patch_size = config.patch_size
         self.in_chans = in_chans
         self.num_register_tokens = config.num_register_tokens
+        self.crop_packing = config.crop_packing
         self.interpolate_offset = config.interpolate_offset
         self.interpolate_antialias = config.interpolate_antialias
         grid = config.img_size // config.patch_size
@@ -341,7 +351,8 @@ class VisionTransformer(nn.Module):
         """Token features.
 
         :param x: ``(B, in_chans, H, W)`` images, or a list of such batches (sizes may differ, e.g.
-            global and local crops); a list gives a list of dicts.
+            global and local crops); a list gives a list of dicts, computed in one pass of the blocks over
+            packed sequences unless ``crop_packing`` is ``off`` (:mod:`cellssl.models.packed`).
         :param masks: ``(B, N)`` bool patch masks (iBOT), or a list matching ``x``, or None.
         :return: dict with ``x_norm_clstoken`` ``(B, D)``, ``x_norm_regtokens`` ``(B, R, D)``,
             ``x_norm_patchtokens`` ``(B, N, D)``, ``x_prenorm`` ``(B, 1 + R + N, D)`` (tokens before the
@@ -355,7 +366,11 @@ class VisionTransformer(nn.Module):
             masks = [None] * len(x)
         if len(masks) != len(x):
             raise ValueError(f"got {len(x)} crop batches but {len(masks)} masks")
-        return [self._features(xi, mi) for xi, mi in zip(x, masks)]
+        mode = resolve_mode(self.crop_packing, self.pos_embed.device, self.blocks[0].attn.backend) \
+            if len(x) > 1 and len(self.blocks) else "off"
+        if mode == "off":
+            return [self._features(xi, mi) for xi, mi in zip(x, masks)]
+        return forward_crops(self, list(x), list(masks), mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> normalised CLS token ``(B, embed_dim)``."""

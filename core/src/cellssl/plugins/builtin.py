@@ -74,9 +74,54 @@ def cellssl_register_backbones(registry: Registrar) -> None:
 
 
 @hookimpl
+def cellssl_register_objectives(registry: Registrar) -> None:
+    """``dino`` (DINO v1) and ``dinov2`` (DINO + iBOT + KoLeo)."""
+    from cellssl.objectives.dino import DINOConfig, build_dino
+    from cellssl.objectives.dinov2 import DINOv2Config, build_dinov2
+
+    registry.add("dino", build_dino, DINOConfig,
+                 "DINO v1: multi-crop self-distillation with an EMA teacher (any backbone returning (B, D))")
+    registry.add("dinov2", build_dinov2, DINOv2Config,
+                 "DINOv2: DINO + iBOT masked-patch loss (ViT) + KoLeo, Sinkhorn-Knopp targets")
+
+
+@hookimpl
 def cellssl_register_evaluators(registry: Registrar) -> None:
     """The faiss kNN evaluator."""
     from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
 
     registry.add("knn", build_knn_evaluator, KNNEvaluatorConfig,
-                 "faiss kNN classification (cosine/L2, weighted or majority votes, several k, multi-label)")
+                 "faiss kNN classification (cosine/L2, weighted or majority votes, k sweep, multi-label, few-shot)")
+
+    from cellssl.eval.cross_validation import CrossValidationConfig, build_cross_validation
+    from cellssl.eval.linear_evaluator import LinearEvaluatorConfig, build_linear_evaluator
+
+    registry.add("linear", build_linear_evaluator, LinearEvaluatorConfig,
+                 "linear probe: grid of heads (lr x wd) trained at once, chosen on a validation split, CE or BCE")
+    registry.add("cross_validation", build_cross_validation, CrossValidationConfig,
+                 "k-fold (stratified or grouped) of classifier evaluators: F1, recall, precision, balanced acc")
+
+    from cellssl.eval.attention_maps import AttentionMapsConfig, build_attention_maps
+    from cellssl.eval.channel_attribution import ChannelAttributionConfig, build_channel_attribution
+    from cellssl.eval.nsc import NSCConfig, build_nsc_nscb
+    from cellssl.eval.retrieval_map import RetrievalMAPConfig, build_retrieval_map
+    from cellssl.eval.umap_plot import UMAPConfig, build_umap
+
+    registry.add("retrieval_map", build_retrieval_map, RetrievalMAPConfig,
+                 "mAP of retrieving same-label profiles against negative controls, null p-values per group")
+    registry.add("nsc_nscb", build_nsc_nscb, NSCConfig,
+                 "cosine 1-NN MoA accuracy, not-same-compound and not-same-compound-or-batch, on profiles")
+    registry.add("umap", build_umap, UMAPConfig,
+                 "seeded 2-D UMAP of the embeddings, one PNG per metadata column it is coloured by")
+    registry.add("attention_maps", build_attention_maps, AttentionMapsConfig,
+                 "ViT last-block CLS/register attention per head (per channel for 1-channel models), PNG grids")
+    registry.add("channel_attribution", build_channel_attribution, ChannelAttributionConfig,
+                 "per-channel contribution: embedding-block importance and drop-one-channel score change")
+
+
+@hookimpl
+def cellssl_cli_commands() -> list[Any]:
+    """``cellssl data download NAME --to DIR``: fetch a dataset registered under kind ``download``."""
+    from cellssl.data.download import download_cli_command
+
+    return [download_cli_command()]

@@ -68,8 +68,17 @@ def cellssl_register_backbones(registry: Registrar) -> None:
 def cellssl_register_objectives(registry: Registrar) -> None:
     """Register self-supervised objectives.
 
-    :param registry: registrar for kind ``"objective"``. ``factory(config, backbone_factory)`` returns a
-        :class:`cellssl.objectives.base.Objective` (multi-view transform, student/teacher modules, loss).
+    :param registry: registrar for kind ``"objective"``. ``factory(config, backbone_factory)`` receives
+        an instance of ``config_cls`` (validated from the YAML block ``objective:``) and a callable
+        ``backbone_factory()`` that returns a freshly initialised backbone (``nn.Module`` mapping
+        ``(B, in_chans, H, W)`` to ``(B, embed_dim)``, with ``embed_dim``; ``in_chans`` comes from the
+        channel strategy). It returns a :class:`cellssl.objectives.base.Objective`: an ``nn.Module`` with
+        ``student`` and ``teacher`` submodules (same structure; the teacher is updated by EMA over
+        ``momentum_pairs()``), ``make_views(normalizer)`` and ``make_collate()`` (picklable callables:
+        ``views(sample, generator) -> item dict``, ``collate(items) -> batch``), ``forward(batch, *,
+        teacher_temp) -> ObjectiveOutput`` (loss, logged terms, teacher outputs for the collapse monitor)
+        and ``teacher_backbone()`` (the module exported for ``cellssl embed``). A factory raises
+        :class:`cellssl.errors.ConfigError` when the backbone does not fit (e.g. iBOT without patch tokens).
     :return: nothing.
     """
 

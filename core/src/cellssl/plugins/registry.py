@@ -28,6 +28,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "chammi_wtc": "cellssl-chammi",
         "chammi_hpa": "cellssl-chammi",
         "chammi_cp": "cellssl-chammi",
+        "chammi": "cellssl-chammi",
         "jumpcp": "cellssl-jumpcp",
     },
     "evaluator": {"chammi": "cellssl-chammi"},

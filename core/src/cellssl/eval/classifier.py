@@ -1,0 +1,184 @@
+"""What the classifier evaluators (``knn``, ``linear``, ``cross_validation``) share.
+
+- :class:`LabelSettings`: the label keys of their YAML blocks, and :func:`resolve_labels` which reads the
+  labels from the embedding metadata (falling back to the dataset's label columns in the context).
+- :class:`FoldClassifier`: the protocol an evaluator implements to be run inside ``cross_validation``:
+  fit on the training rows only, then predict the held-out rows.
+- :func:`classification_scores`: the flat scores every fold and split is reported with (macro F1,
+  macro recall, macro precision, balanced accuracy, accuracy; multi-label: macro/micro F1 at 0.5).
+- :func:`mean_std` / :func:`format_mean_std`: aggregation over folds or few-shot draws. The standard
+  deviation is the population one (``ddof=0``, numpy's default), 0 for a single value.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from cellssl.eval.base import EvalContext, EvalLabels, labels_from_metadata
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class LabelSettings:
+    """Label keys shared by classifier evaluators.
+
+    :ivar label_column: metadata column of the labels (default: the dataset's label columns).
+    :ivar label_separator: separator of a multi-label ``label_column`` (e.g. ``"|"``).
+    :ivar label_columns: boolean columns, one per label (multi-label); overrides ``label_column``.
+    :ivar skip_unlabelled: skip multi-label rows with no label set.
+    """
+
+    label_column: str = ""
+    label_separator: str | None = None
+    label_columns: list[str] = field(default_factory=list)
+    skip_unlabelled: bool = True
+
+
+def resolve_labels(settings: LabelSettings, metadata: pd.DataFrame, context: EvalContext, key: str) -> EvalLabels:
+    """Labels of ``metadata`` from ``settings``, else from the context's (dataset's) label columns.
+
+    :raises cellssl.errors.ConfigError: naming ``<key>.label_column`` when no label column is known.
+    :raises cellssl.errors.DataError: for a missing column or unusable labels.
+    """
+    if settings.label_columns or settings.label_column:
+        column, separator, columns = settings.label_column, settings.label_separator, settings.label_columns
+        if separator is None and list(context.label_columns) == [column]:
+            separator = context.label_separator  # the dataset's own multi-label column
+    elif len(context.label_columns) > 1:
+        column, separator, columns = "", None, list(context.label_columns)
+    else:
+        column = context.label_columns[0] if context.label_columns else ""
+        separator, columns = context.label_separator, []
+    return labels_from_metadata(metadata, column, separator, columns,
+                                skip_unlabelled=settings.skip_unlabelled, key=key)
+
+
+def labels_summary(labels: EvalLabels, rows_total: int) -> dict[str, Any]:
+    """The ``labels`` block of a result: source columns, names, rows used and skipped."""
+    return {
+        "source": labels.source,
+        "names": labels.names,
+        "rows_total": int(rows_total),
+        "rows_used": int(labels.valid.sum()),
+        "rows_missing_label": labels.missing,
+        "rows_without_any_label": labels.unlabelled,
+    }
+
+
+@dataclass
+class FoldOutput:
+    """What a :class:`FoldClassifier` returns for one train/test split.
+
+    :ivar predictions: row name (``"1-NN"``, ``"linear probe"``) -> ``(n_test,)`` class indices, or
+        ``(n_test, L)`` 0/1 for multi-label.
+    :ivar info: JSON-serialisable details (e.g. the chosen linear head).
+    """
+
+    predictions: dict[str, np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class FoldClassifier(Protocol):
+    """An evaluator that can be cross-validated: it fits on training rows, then predicts test rows."""
+
+    def fit_predict(
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        test_x: np.ndarray,
+        *,
+        labels: EvalLabels,
+        train_metadata: pd.DataFrame,
+    ) -> FoldOutput:
+        """Fit on ``(train_x, train_y)`` (model selection uses these rows only), then predict ``test_x``.
+
+        :param labels: the label set (names, multi-label flag); its ``values`` must not be read.
+        :param train_metadata: metadata rows of ``train_x`` (e.g. for a grouped validation split).
+        """
+
+
+def row_key(name: str) -> str:
+    """Metric-name prefix of a table row name: ``"20-NN"`` -> ``"20_nn"``, ``"linear probe"`` -> ``"linear_probe"``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
+
+
+def classification_scores(y_true: Any, y_pred: Any, multilabel: bool) -> dict[str, float]:
+    """Flat scores of predictions against the truth.
+
+    Multi-class (``(n,)`` indices): ``f1``, ``recall``, ``precision`` (macro over the classes present in
+    the truth or the predictions, ``zero_division=0``), ``balanced_accuracy`` (mean recall over the
+    classes of the truth) and ``accuracy``. Multi-label (``(n, L)`` 0/1): ``f1`` (macro over the labels
+    true or predicted at least once; equal to ``mean_per_class_multilabel_f1``), ``recall``,
+    ``precision`` (macro, same labels), ``micro_f1`` and ``subset_accuracy``.
+
+    :raises ValueError: on empty or mismatched inputs.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+
+    truth, pred = np.asarray(y_true), np.asarray(y_pred)
+    if truth.shape != pred.shape or truth.shape[0] == 0:
+        raise ValueError(f"truth and predictions must be non-empty and of equal shape, got {truth.shape}, {pred.shape}")
+    if multilabel:
+        truth, pred = truth.astype(np.int8), pred.astype(np.int8)
+        scored = np.flatnonzero(truth.any(axis=0) | pred.any(axis=0))
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=scored, zero_division=0)
+        if scored.size == 0:
+            precision = recall = f1 = np.zeros(1)
+        return {
+            "f1": float(np.mean(f1)),
+            "recall": float(np.mean(recall)),
+            "precision": float(np.mean(precision)),
+            "micro_f1": float(f1_score(truth, pred, average="micro", zero_division=0)),
+            "subset_accuracy": float(accuracy_score(truth, pred)),
+        }
+    labels = np.unique(np.concatenate([truth, pred]))
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # predicted classes absent from the truth
+        balanced = balanced_accuracy_score(truth, pred)
+    return {
+        "f1": float(np.mean(f1)),
+        "recall": float(np.mean(recall)),
+        "precision": float(np.mean(precision)),
+        "balanced_accuracy": float(balanced),
+        "accuracy": float(accuracy_score(truth, pred)),
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (``ddof=0``) of ``values``.
+
+    :raises ValueError: for an empty sequence.
+    """
+    if len(values) == 0:
+        raise ValueError("mean_std needs at least one value")
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std())
+
+
+def format_mean_std(mean: float, std: float, percent: bool = False) -> str:
+    """``"0.8660 ± 0.0070"``, or with ``percent`` ``"86.6 ± 0.7"`` (the blood-cell seed's format)."""
+    if percent:
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def split_summary(mode: str, column: str | None, metadata: pd.DataFrame, train_idx: np.ndarray,
+                  test_idx: np.ndarray) -> dict[str, Any]:
+    """The ``split`` block of a result: ``mode``, ``train_rows``, ``test_rows`` (and group counts for
+    ``group`` splits)."""
+    info: dict[str, Any] = {"mode": mode, "train_rows": int(train_idx.size), "test_rows": int(test_idx.size)}
+    if mode == "group" and column:
+        groups = metadata[column].astype(str)
+        info["train_groups"] = int(groups.iloc[train_idx].nunique())
+        info["test_groups"] = int(groups.iloc[test_idx].nunique())
+    return info

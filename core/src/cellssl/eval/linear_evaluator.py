@@ -1,0 +1,228 @@
+"""The ``linear`` evaluator: a linear probe on frozen embeddings, head chosen on validation rows only.
+
+YAML block::
+
+    eval:
+      - name: linear
+        label_column: phase                  # or label_columns: [...] / label_separator: "|"
+        split: {mode: fraction, test_fraction: 0.2, seed: 0}
+        val_split: null                      # null: a stratified val_fraction of the train side
+        val_fraction: 0.2
+        learning_rates: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+        weight_decays: [0.0, 1.0e-5, 1.0e-4, 1.0e-3]
+        epochs: 10
+        class_balance: false
+
+Protocol: ``split`` separates train and test rows; the validation rows come from the train side only
+(``val_split`` applied to the train rows, its test side being the validation set, e.g. a grouped split
+by ``fov_id`` or ``{mode: column, column: split, train_values: [train], test_values: [val]}``; otherwise a
+stratified ``val_fraction``). :func:`cellssl.eval.linear.fit_linear_probe` trains the grid, picks the head
+on the validation rows and (``refit``) retrains it on train + validation. The test rows are scored once,
+at the end. Multi-class metrics: accuracy, balanced accuracy, macro F1; multi-label:
+``mean_per_class_multilabel_f1`` (macro F1 at probability 0.5) and micro F1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cellssl.eval.base import EvalContext, EvalLabels, Evaluator, to_jsonable
+from cellssl.eval.classifier import FoldOutput, LabelSettings, labels_summary, resolve_labels, split_summary
+from cellssl.eval.linear import (
+    DEFAULT_LEARNING_RATES,
+    DEFAULT_WEIGHT_DECAYS,
+    MULTICLASS_SELECT,
+    MULTILABEL_SELECT,
+    PRECISIONS,
+    LinearProbe,
+    fit_linear_probe,
+)
+from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.splits import SplitConfig, make_split
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cellssl.eval.embeddings import EmbeddingTable
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda", "auto")
+MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+MULTILABEL_METRICS = ("mean_per_class_multilabel_f1", "micro_f1", "subset_accuracy")
+
+
+@dataclass
+class LinearEvaluatorConfig(LabelSettings):
+    """Parameters of the ``linear`` evaluator (label keys: see :class:`~cellssl.eval.classifier.LabelSettings`).
+
+    :ivar split: train / test split of the labelled rows.
+    :ivar val_split: split of the train rows into fit / validation rows (its ``test`` side validates);
+        ``None``: a stratified ``val_fraction`` of the train rows.
+    :ivar val_fraction: fraction of the train rows used for validation when ``val_split`` is ``None``.
+    :ivar learning_rates: the grid's learning rates (features are standardised to norm ~1).
+    :ivar weight_decays: the grid's weight decays.
+    :ivar epochs: passes over the fit rows (at least ``min_steps`` steps).
+    :ivar batch_size: rows per SGD step.
+    :ivar min_steps: minimum number of SGD steps (small data sets get more passes).
+    :ivar class_balance: weight the loss by inverse class frequency (multi-label: positive weights).
+    :ivar select_metric: validation metric; empty: ``macro_f1`` (multi-class) or
+        ``mean_per_class_multilabel_f1`` (multi-label).
+    :ivar refit: retrain the chosen head on fit + validation rows before scoring the test rows.
+    :ivar per_class_report: include per-class precision / recall / F1 / support.
+    :ivar seed: seed of the validation split and of the batch order.
+    :ivar device: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
+    :ivar precision: ``fp32``, or ``bf16`` matrix products while training (several times faster on CPUs
+        with AMX / AVX512-BF16 and on GPUs, slower on CPUs without bfloat16 support).
+    """
+
+    split: SplitConfig = field(default_factory=SplitConfig)
+    val_split: SplitConfig | None = None
+    val_fraction: float = 0.2
+    learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_LEARNING_RATES))
+    weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
+    epochs: int = 10
+    batch_size: int = 256
+    min_steps: int = 300
+    class_balance: bool = False
+    select_metric: str = ""
+    refit: bool = True
+    per_class_report: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.split, dict):  # built from a plain mapping rather than by omegaconf
+            self.split = SplitConfig(**self.split)
+        if isinstance(self.val_split, dict):
+            self.val_split = SplitConfig(**self.val_split)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.learning_rates or min(self.learning_rates) <= 0:
+            raise ValueError(f"learning_rates must be a non-empty list of values > 0, got {self.learning_rates}")
+        if not self.weight_decays or min(self.weight_decays) < 0:
+            raise ValueError(f"weight_decays must be a non-empty list of values >= 0, got {self.weight_decays}")
+        if self.epochs < 1 or self.batch_size < 1 or self.min_steps < 0:
+            raise ValueError("epochs and batch_size must be >= 1 and min_steps >= 0")
+        if self.select_metric and self.select_metric not in MULTICLASS_SELECT + MULTILABEL_SELECT:
+            raise ValueError(f"select_metric must be empty or one of {MULTICLASS_SELECT + MULTILABEL_SELECT}, "
+                             f"got {self.select_metric!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from cellssl.errors import ConfigError
+
+        raise ConfigError("linear.device", "is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return name
+
+
+class LinearEvaluator(Evaluator):
+    """Linear probe: grid of heads on the train rows, chosen on validation rows, scored once on test rows."""
+
+    name = "linear"
+
+    def __init__(self, config: LinearEvaluatorConfig) -> None:
+        self.config = config
+
+    def fit(self, train_x: np.ndarray, train_y: np.ndarray, labels: EvalLabels,
+            train_metadata: pd.DataFrame) -> LinearProbe:
+        """Fit the probe on training rows only (validation carved from them)."""
+        cfg = self.config
+        if cfg.select_metric:
+            allowed = MULTILABEL_SELECT if labels.multilabel else MULTICLASS_SELECT
+            if cfg.select_metric not in allowed:
+                from cellssl.errors import ConfigError
+
+                raise ConfigError(f"{self.name}.select_metric",
+                                  f"'{cfg.select_metric}' does not fit this task; use one of {allowed}")
+        val_x = val_y = None
+        fit_x, fit_y = train_x, train_y
+        if cfg.val_split is not None:
+            stratify = None if labels.multilabel else train_y
+            fit_idx, val_idx = make_split(train_metadata, cfg.val_split, stratify, key=f"{self.name}.val_split")
+            fit_x, fit_y, val_x, val_y = train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx]
+        return fit_linear_probe(
+            fit_x, fit_y, multilabel=labels.multilabel, val_x=val_x, val_y=val_y, val_fraction=cfg.val_fraction,
+            learning_rates=cfg.learning_rates, weight_decays=cfg.weight_decays, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, class_balance=cfg.class_balance, seed=cfg.seed, device=_device(cfg.device),
+            num_classes=None if labels.multilabel else len(labels.names), select_metric=cfg.select_metric or None,
+            refit=cfg.refit, min_steps=cfg.min_steps, precision=cfg.precision,
+        )
+
+    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, labels: EvalLabels,
+                    train_metadata: pd.DataFrame) -> FoldOutput:
+        """Cross-validation row ``"linear probe"`` (see :class:`~cellssl.eval.classifier.FoldClassifier`)."""
+        probe = self.fit(train_x, train_y, labels, train_metadata)
+        return FoldOutput({"linear probe": probe.predict(test_x)}, {"chosen": _chosen(probe), "sizes": probe.sizes})
+
+    def evaluate(self, table: EmbeddingTable, context: EvalContext) -> dict[str, Any]:
+        """Split ``table``, fit the probe on the train side, score the test side once.
+
+        :return: ``{"evaluator", "task", "metrics", "per_class" (or "per_label"), "chosen" (lr,
+            weight_decay, val_score, metric), "grid" (validation score and loss of every head),
+            "labels", "split" (mode, train / val / fit / test rows), "embedding_dim", "config",
+            "identity"}``.
+        :raises cellssl.errors.ConfigError: no label column, a bad split or select_metric.
+        :raises cellssl.errors.DataError: a missing column, unusable labels, an empty split side.
+        """
+        cfg = self.config
+        labels = resolve_labels(cfg, table.metadata, context, key=self.name)
+        metadata = table.metadata.loc[labels.valid].reset_index(drop=True)
+        embeddings = table.embeddings[labels.valid]
+        train_idx, test_idx = make_split(metadata, cfg.split, None if labels.multilabel else labels.values,
+                                         key=f"{self.name}.split")
+        train_meta = metadata.iloc[train_idx].reset_index(drop=True)
+        probe = self.fit(embeddings[train_idx], labels.values[train_idx], labels, train_meta)
+        # The test rows are used here, once, after the head is chosen.
+        test_y = labels.values[test_idx]
+        if labels.multilabel:
+            report = multilabel_metrics(test_y, probe.predict_scores(embeddings[test_idx]), labels.names,
+                                        per_label=cfg.per_class_report)
+            names = MULTILABEL_METRICS
+        else:
+            report = multiclass_metrics(test_y, probe.predict(embeddings[test_idx]), labels.names,
+                                        per_class=cfg.per_class_report)
+            names = MULTICLASS_METRICS
+        split = split_summary(cfg.split.mode, cfg.split.column, metadata, train_idx, test_idx)
+        split.update(val_rows=probe.sizes["val_rows"], fit_rows=probe.sizes["fit_rows"])
+        result: dict[str, Any] = {
+            "evaluator": self.name,
+            "task": "multilabel" if labels.multilabel else "multiclass",
+            "metrics": {name: report[name] for name in names},
+            "chosen": _chosen(probe),
+            "grid": probe.grid,
+            "labels": labels_summary(labels, len(table)),
+            "split": split,
+            "embedding_dim": table.dim,
+            "config": dataclasses.asdict(cfg),
+            "identity": dict(context.identity),
+        }
+        for key in ("per_class", "per_label"):
+            if key in report:
+                result[key] = report[key]
+        return to_jsonable(result)
+
+
+def _chosen(probe: LinearProbe) -> dict[str, Any]:
+    return {"lr": probe.chosen.lr, "weight_decay": probe.chosen.weight_decay, "val_score": probe.chosen.val_score,
+            "metric": probe.selection_metric, "refit": probe.refit}
+
+
+def build_linear_evaluator(config: LinearEvaluatorConfig) -> LinearEvaluator:
+    """Factory registered under the name ``linear``."""
+    return LinearEvaluator(config)

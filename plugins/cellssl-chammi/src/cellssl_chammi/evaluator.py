@@ -1,0 +1,166 @@
+"""The ``chammi`` evaluator: the full CHAMMI protocol over the three subsets, as one table.
+
+For each subset of ``subsets`` it
+
+1. builds the subset's dataset from the CHAMMI root (``root``, else the run's ``data.root``);
+2. gets the subset's embeddings: the run's embedding table when it holds exactly that subset (same ``ID``
+   rows in the same order, e.g. ``data: {name: chammi, subset: wtc}``), else embeddings made with the
+   run's own model (:mod:`cellssl_chammi.embedder`), cached in ``<run_dir>/chammi_embeddings/<subset>/``;
+3. scores every task with every classifier (:mod:`cellssl_chammi.protocol`).
+
+The result JSON (``eval/chammi.json``, written by the runner) holds the table rows (one per classifier:
+``WTC T1`` ... ``CP T4`` and ``mean``), flat metrics (``knn_HPA_T3`` ...), per-task details and the
+subsets' sizes; ``eval/chammi_table.md`` and ``eval/chammi_table.csv`` hold the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cellssl.errors import ConfigError
+from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
+from cellssl_chammi.config import ChammiEvaluatorConfig, ChammiSubsetConfig
+from cellssl_chammi.subsets import ID_COLUMN, PATH_COLUMN, SUBSETS, task_label
+
+if TYPE_CHECKING:
+    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl_chammi.dataset import ChammiDataset
+    from cellssl_chammi.embedder import RunModel
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = "chammi_embeddings"
+MARKDOWN_FILE = "chammi_table.md"
+CSV_FILE = "chammi_table.csv"
+
+
+def _same_rows(table: EmbeddingTable, dataset: ChammiDataset) -> bool:
+    """Whether ``table`` holds exactly ``dataset``'s rows, in order (by ``ID`` and ``file_path``)."""
+    meta = table.metadata
+    if len(meta) != len(dataset) or ID_COLUMN not in meta.columns:
+        return False
+    for column in (ID_COLUMN, PATH_COLUMN):
+        both = column in meta.columns and column in dataset.metadata.columns
+        if both and [str(v) for v in meta[column]] != [str(v) for v in dataset.metadata[column]]:
+            return False
+    return True
+
+
+class ChammiEvaluator(Evaluator):
+    """The CHAMMI benchmark protocol (see the module docstring)."""
+
+    name = "chammi"
+
+    def __init__(self, config: ChammiEvaluatorConfig) -> None:
+        self.config = config
+        self._model: RunModel | None = None
+
+    def _root(self, context: EvalContext) -> str:
+        if self.config.root:
+            return self.config.root
+        data = context.identity.get("dataset") or {}
+        root = data.get("root") if isinstance(data, dict) else None
+        if not root:
+            raise ConfigError("chammi.root", "is not set and the run's data block has no root: set the evaluator's "
+                                             "root (or data.root) to the CHAMMI folder")
+        return str(root)
+
+    def _model_for(self, context: EvalContext) -> RunModel:
+        if self._model is None:
+            from cellssl_chammi.embedder import RunModel
+
+            self._model = RunModel.from_run_dir(context.run_dir, getattr(context, "load_model", None))
+        return self._model
+
+    def _embeddings(self, key: str, dataset: ChammiDataset, table: EmbeddingTable | None,
+                    context: EvalContext) -> tuple[np.ndarray, str]:
+        if self.config.reuse_embeddings and table is not None and _same_rows(table, dataset):
+            logger.info("chammi %s: using the run's embedding table", key)
+            return table.embeddings, "embeddings"
+        out_dir = Path(context.run_dir) / CACHE_DIR / key
+        embedded = self._model_for(context).embed_dataset(dataset, out_dir, reuse=self.config.reuse_embeddings)
+        if not _same_rows(embedded, dataset):
+            raise RuntimeError(f"embeddings in {out_dir} do not match the rows of CHAMMI {key}")
+        return embedded.embeddings, str(out_dir.relative_to(context.run_dir))
+
+    def _classifiers(self) -> dict[str, Any]:
+        from cellssl_chammi.protocol import linear_probe, one_nn
+
+        device = str(self._model.device) if self._model is not None else "cpu"
+        makers = {"knn": lambda: one_nn(self.config.knn_metric, self.config.num_threads),
+                  "linear": lambda: linear_probe(self.config.linear, device)}
+        return {name: makers[name]() for name in self.config.classifiers}
+
+    def evaluate(self, table: EmbeddingTable | None, context: EvalContext) -> dict[str, Any]:
+        """Run the protocol; write the Markdown and CSV tables to ``<run_dir>/eval/``.
+
+        :param table: the run's embeddings (used for a subset whose rows it holds exactly); may be ``None``.
+        :return: ``{"evaluator", "table", "metrics", "scores", "subsets", "files", "config", "identity"}``.
+        :raises cellssl.errors.CellsslError: for a missing / incomplete CHAMMI root, missing columns, or a
+            run whose model cannot be rebuilt.
+        """
+        from cellssl.atomic import atomic_write_text
+        from cellssl_chammi.dataset import build_chammi_dataset
+        from cellssl_chammi.protocol import evaluate_subset
+        from cellssl_chammi.table import table_row, to_csv, to_markdown
+
+        cfg = self.config
+        root = self._root(context)
+        prepared = {}
+        for key in cfg.subsets:
+            dataset = build_chammi_dataset(ChammiSubsetConfig(root=root, bit_depth=cfg.bit_depth,
+                                                              check_files=cfg.check_files), key)
+            embeddings, source = self._embeddings(key, dataset, table, context)
+            prepared[key] = (dataset, embeddings, source)
+        scores: dict[str, dict[str, dict[str, Any]]] = {}
+        rows = []
+        for name, classifier in self._classifiers().items():
+            columns: dict[str, float] = {}
+            scores[name] = {}
+            for key, (dataset, embeddings, _) in prepared.items():
+                subset = SUBSETS[key]
+                leave_out = cfg.leave_out_tasks.get(key)
+                result = evaluate_subset(embeddings, dataset.metadata, subset, classifier,
+                                         leave_out_task=leave_out, group_column=cfg.group_columns.get(key),
+                                         source=str(dataset.meta_path))
+                scores[name][key] = {}
+                for task, score in result.items():
+                    columns[task_label(subset, task)] = score.macro_f1
+                    details = dataclasses.asdict(score)
+                    if not cfg.per_class_report:
+                        details.pop("per_class")
+                    scores[name][key][task] = details
+            rows.append(table_row("classifier", name, columns))
+        metrics = {f"{row['classifier']}_{column.replace(' ', '_')}": value
+                   for row in rows for column, value in row.items()
+                   if column not in ("classifier", "tasks_in_mean") and value is not None}
+        eval_dir = Path(context.run_dir) / "eval"
+        atomic_write_text(eval_dir / MARKDOWN_FILE, to_markdown(rows))
+        atomic_write_text(eval_dir / CSV_FILE, to_csv(rows))
+        subsets_info = {
+            key: {"rows": len(dataset), "embedding_dim": int(embeddings.shape[1]), "embeddings": source,
+                  "channels": list(dataset.channel_names), "metadata": str(dataset.meta_path),
+                  "classes": sorted({str(v) for v in dataset.metadata["Label"]})}
+            for key, (dataset, embeddings, source) in prepared.items()
+        }
+        result = {
+            "evaluator": self.name,
+            "table": rows,
+            "metrics": metrics,
+            "scores": scores,
+            "subsets": subsets_info,
+            "files": {"markdown": f"eval/{MARKDOWN_FILE}", "csv": f"eval/{CSV_FILE}"},
+            "config": dataclasses.asdict(cfg),
+            "identity": dict(context.identity),
+        }
+        return to_jsonable(result)
+
+
+def build_chammi_evaluator(config: ChammiEvaluatorConfig) -> ChammiEvaluator:
+    """Factory registered under the evaluator name ``chammi``."""
+    return ChammiEvaluator(config)
