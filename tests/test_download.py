@@ -37,8 +37,8 @@ class ServerState:
 class _Handler(http.server.BaseHTTPRequestHandler):
     state: ServerState
 
-    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-        pass
+    def log_message(self, format: str, *args: object) -> None:
+        """Silence the request log to keep test output clean."""
 
     def do_GET(self) -> None:
         state = self.server.state  # type: ignore[attr-defined]

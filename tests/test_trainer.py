@@ -67,7 +67,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 class InterruptError(Exception):
-    pass
+    """Raised by a callback to simulate a crash after k steps."""
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -81,7 +81,8 @@ def faiss_threads(num_threads: int | None) -> Iterator[int]:
         faiss.omp_set_num_threads(previous)
 
 
-def _as_matrix(x: Any, what: str) -> np.ndarray:
+def as_feature_matrix(x: Any, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``(n, D)`` array; :class:`DataError` naming ``what`` if not 2-D or not finite."""
     array = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if array.ndim != 2:
         raise DataError(f"{what} must be a 2-D array (n, D), got shape {array.shape}")
@@ -139,8 +140,8 @@ def knn_search(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    train = _as_matrix(train_x, "training embeddings")
-    test = _as_matrix(test_x, "test embeddings")
+    train = as_feature_matrix(train_x, "training embeddings")
+    test = as_feature_matrix(test_x, "test embeddings")
     if train.shape[1] != test.shape[1]:
         raise DataError(
             f"training embeddings have dimension {train.shape[1]}, test embeddings {test.shape[1]}"

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cellssl.errors import DataError
+from cellssl.eval.knn import as_feature_matrix
 from cellssl.eval.linear_heads import head_losses, loss_weights, standardiser, train_heads
 from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
 
@@ -97,7 +98,7 @@ class LinearProbe:
 
         :raises DataError: if ``x`` is not ``(n, D)`` with this probe's ``D``, or holds NaN / inf.
         """
-        features = _as_features(x, "features to predict")
+        features = as_feature_matrix(x, "features to predict")
         if features.shape[1] != self.weight.shape[0]:
             raise DataError(
                 f"the linear probe was fitted on {self.weight.shape[0]}-d features but got {features.shape[1]}-d"
@@ -117,16 +118,6 @@ class LinearProbe:
         if self.multilabel:
             return (scores >= THRESHOLD).astype(np.int8)
         return scores.argmax(axis=1).astype(np.int64)
-
-
-def _as_features(x: Any, what: str) -> np.ndarray:
-    array = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if array.ndim != 2:
-        raise DataError(f"{what} must be a 2-D array (n, D), got shape {array.shape}")
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        raise DataError(f"{what} contain NaN or inf (first in row {int(np.flatnonzero(~finite)[0])})")
-    return array
 
 
 def _as_labels(y: Any, n: int, multilabel: bool, what: str) -> np.ndarray:
@@ -254,7 +245,7 @@ def fit_linear_probe(
     metric = select_metric or choices[0]
     if metric not in choices:
         raise ValueError(f"select_metric must be one of {choices} for this task, got {metric!r}")
-    features = _as_features(train_x, "training features")
+    features = as_feature_matrix(train_x, "training features")
     labels = _as_labels(train_y, features.shape[0], multilabel, "training")
     if (val_x is None) != (val_y is None):
         raise ValueError("give both val_x and val_y, or neither")
@@ -263,7 +254,7 @@ def fit_linear_probe(
         fit_x, fit_y, v_x, v_y = features[fit_rows], labels[fit_rows], features[val_rows], labels[val_rows]
     else:
         fit_x, fit_y = features, labels
-        v_x = _as_features(val_x, "validation features")
+        v_x = as_feature_matrix(val_x, "validation features")
         v_y = _as_labels(val_y, v_x.shape[0], multilabel, "validation")
         if v_x.shape[1] != fit_x.shape[1]:
             raise DataError(f"validation features are {v_x.shape[1]}-d but training features {fit_x.shape[1]}-d")
