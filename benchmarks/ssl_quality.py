@@ -12,8 +12,9 @@ Prophase; 3,307 cells), macro F1 averaged over the folds, for:
   channel, z-scored): no learning at all.
 
 The run length is a step count calibrated from the measured speed so that it takes about ``--minutes``
-of training; ``--minutes`` is also a hard cap. Strategies run one after the other, or in parallel
-processes (``--jobs 2``, one thread each). Prints a table and writes ``<out>/ssl_quality.json``.
+of training (or ``--steps``); ``--minutes`` is also a hard cap. Strategies run one after the other, or in
+parallel processes (``--jobs 2``, one thread each). Prints a table and writes ``<out>/ssl_quality.json``
+(and ``<out>/<strategy>/result.json`` as each strategy finishes; ``--report-only`` prints those).
 
     .venv/bin/python benchmarks/ssl_quality.py --minutes 10 --jobs 2
     .venv/bin/python benchmarks/ssl_quality.py --strategies fixed --minutes 2 --points 2 train.batch_size=64
@@ -38,6 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("G1", "S_phase", "G2", "Prophase")
+RESULT_FILE = "result.json"
 
 
 def _load_images(config: Any) -> Any:
@@ -125,6 +127,7 @@ def run_strategy(strategy_name: str, args: argparse.Namespace) -> dict[str, Any]
     """Train one strategy's recipe and score its learning curve (in this process)."""
     import torch
 
+    from cellssl.atomic import atomic_write_json
     from cellssl.config.compose import load_run_config
     from cellssl.config.schema import NormalizeSection
     from cellssl.config.validate import build_component, validate_block
@@ -197,10 +200,12 @@ def run_strategy(strategy_name: str, args: argparse.Namespace) -> dict[str, Any]
                       "knn_f1": score(objective.teacher_backbone()), "loss": last.get("loss", float("nan")),
                       "entropy_ratio": last.get("teacher_entropy", float("nan")) / last.get("teacher_entropy_max", 1),
                       "collapse_seen": worst["collapse"]})
-    return {"strategy": strategy_name, "recipe": str(recipe), "overrides": list(args.overrides),
-            "random_init_f1": random_f1, "intensity_stats_f1": knn_f1(intensity_features(images[labelled]), labels),
-            "curve": curve, "planned_steps": section.max_steps, "steps": result.step,
-            "stopped_by_time": result.stopped_by_time}
+    summary = {"strategy": strategy_name, "recipe": str(recipe), "overrides": list(args.overrides),
+               "random_init_f1": random_f1, "intensity_stats_f1": knn_f1(intensity_features(images[labelled]), labels),
+               "curve": curve, "planned_steps": section.max_steps, "steps": result.step,
+               "stopped_by_time": result.stopped_by_time, "threads": args.threads}
+    atomic_write_json(run_dir / RESULT_FILE, summary)  # kept even if the parent process is gone
+    return summary
 
 
 def _worker(payload: tuple[str, argparse.Namespace]) -> dict[str, Any]:
@@ -220,6 +225,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "jurkat-cellcycle"))
     parser.add_argument("--config-dir", default=str(REPO / "configs" / "train"))
     parser.add_argument("--out", default=str(REPO / "runs" / "ssl_quality"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the table of a finished run from <out>/<strategy>/result.json, train nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipes, e.g. train.lr=1e-3")
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
@@ -227,16 +234,18 @@ def main() -> None:
     logging.getLogger("ssl_quality").setLevel(logging.INFO)
     start = time.monotonic()
     payloads = [(name, args) for name in args.strategies]
-    if args.jobs > 1:
+    if args.report_only:
+        results = [json.loads((Path(args.out) / name / RESULT_FILE).read_text()) for name in args.strategies]
+    elif args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             results = pool.map(_worker, payloads)
     else:
         results = [run_strategy(*p) for p in payloads]
     wall = (time.monotonic() - start) / 60
 
+    threads = results[0].get("threads", args.threads) if results else args.threads
     print(f"Jurkat cell cycle (4 classes, 3,307 cells): kNN k=20 cosine, 5-fold stratified, macro F1. "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.jobs} job(s) x "
-          f"{args.threads} thread(s); wall {wall:.1f} min")
+          f"{platform.machine()}, {os.cpu_count()} CPUs, {threads} thread(s) per strategy; wall {wall:.1f} min")
     print(f"{'strategy':<16} {'point':<10} {'step':>6} {'train min':>9} {'kNN F1':>7} {'vs random':>9} "
           f"{'H/logK':>7} {'collapse':>8}")
     for res in results:
@@ -247,11 +256,11 @@ def main() -> None:
             print(f"{res['strategy']:<16} {f'trained {i + 1}':<10} {point['step']:>6} {point['train_minutes']:>9.1f} "
                   f"{point['knn_f1']:>7.3f} {100 * (point['knn_f1'] - base):>+9.1f} {point['entropy_ratio']:>7.3f} "
                   f"{'yes' if point['collapse_seen'] else 'no':>8}")
-    out = Path(args.out) / "ssl_quality.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "wall_minutes": wall,
-                               "results": results}, indent=2))
-    print(f"results: {out}")
+    if not args.report_only:
+        out = Path(args.out) / "ssl_quality.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": dict(vars(args)), "wall_minutes": wall, "results": results}, indent=2))
+        print(f"results: {out}")
 
 
 if __name__ == "__main__":
