@@ -280,3 +280,13 @@ def test_loading_stays_lazy(shared_data: Path, tmp_path: Path) -> None:
     tifffile.imwrite(local, np.zeros((3, 68, 68), np.uint16), photometric="minisblack")
     assert float(before.sum()) > 0 and float(dataset.load_image(0).sum()) == 0.0
     assert isinstance(dataset, TableDataset)
+
+
+def test_parse_flags_reads_boolean_columns_and_names_bad_values() -> None:
+    from cellssl.data.labels import parse_flags
+
+    series = pd.Series(["True", "0", None, "yes", " 1.0 ", "f"])
+    np.testing.assert_array_equal(parse_flags(series, "column 'x'"), [True, False, False, True, True, False])
+    np.testing.assert_array_equal(parse_flags(pd.Series([True, False]), "b"), [True, False])
+    with pytest.raises(DataError, match=r"task column 'Task_one' of meta.csv holds 'maybe'; it must be True/False"):
+        parse_flags(pd.Series(["true", "maybe"]), "task column 'Task_one' of meta.csv")

@@ -21,7 +21,7 @@ from cellssl.errors import ConfigError, DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["EvalLabels", "dataset_labels", "labels_from_metadata"]
+__all__ = ["EvalLabels", "dataset_labels", "labels_from_metadata", "parse_flags"]
 
 _TRUE = {"true", "1", "yes", "y", "t", "1.0"}
 _FALSE = {"false", "0", "no", "n", "f", "0.0"}
@@ -61,6 +61,21 @@ def _require_columns(metadata: pd.DataFrame, columns: Sequence[str], key: str) -
 def _is_missing(series: pd.Series) -> np.ndarray:
     text = series.astype(str).str.strip()
     return (series.isna() | (text == "")).to_numpy()
+
+
+def parse_flags(series: pd.Series, what: str) -> np.ndarray:
+    """A True/False column (``True``/``False``, ``1``/``0``, ``yes``/``no``) as a bool array; empty cells are False.
+
+    :param what: names the column and its file in the error message.
+    :raises DataError: naming ``what`` and the first value that is not a boolean.
+    """
+    if series.dtype == bool:
+        return series.to_numpy()
+    text = series.astype(object).where(series.notna(), "").astype(str).str.strip().str.lower()
+    known = text.isin(_TRUE | _FALSE | {""})
+    if not known.all():
+        raise DataError(f"{what} holds {series[~known].iloc[0]!r}; it must be True/False, 1/0 or yes/no")
+    return text.isin(_TRUE).to_numpy()
 
 
 def _boolean_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellssl.data.labels import parse_flags
 from cellssl.errors import DataError
 from cellssl_chammi.subsets import LABEL_COLUMN, SPLIT_COLUMN, TRAIN, Subset
 
@@ -77,14 +78,7 @@ def task_mask(metadata: pd.DataFrame, task: str, source: str = "the metadata") -
     :raises DataError: when neither exists, or the column holds values other than booleans.
     """
     if task in metadata.columns:
-        column = metadata[task]
-        if column.dtype == bool:
-            return column.to_numpy()
-        text = column.astype(object).where(column.notna(), "").astype(str).str.strip().str.lower()
-        known = text.isin(["true", "false", "1", "0", "1.0", "0.0", ""])  # empty cells: False
-        if not known.all():
-            raise DataError(f"task column '{task}' of {source} holds {column[~known].iloc[0]!r}; it must be True/False")
-        return text.isin(["true", "1", "1.0"]).to_numpy()
+        return parse_flags(metadata[task], f"task column '{task}' of {source}")
     if SPLIT_COLUMN in metadata.columns and (metadata[SPLIT_COLUMN] == task).any():
         return (metadata[SPLIT_COLUMN] == task).to_numpy()
     raise DataError(f"{source} has no column '{task}' and no row with {SPLIT_COLUMN} == '{task}'")

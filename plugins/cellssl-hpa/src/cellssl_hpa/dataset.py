@@ -26,6 +26,7 @@ import torch
 
 from cellssl.data.bitdepth import scale_to_unit
 from cellssl.data.download import check_data_root
+from cellssl.data.labels import parse_flags
 from cellssl.data.readers import read_image, split_tape
 from cellssl.data.table import TableDataset, TableDatasetConfig, read_table
 from cellssl.errors import DataError
@@ -89,13 +90,7 @@ class HPADataset(TableDataset):
 
 
 def _as_bool(series: pd.Series, column: str, source: str) -> np.ndarray:
-    if series.dtype == bool:
-        return series.to_numpy()
-    text = series.astype(object).where(series.notna(), "").astype(str).str.strip().str.lower()
-    known = text.isin(["true", "false", "1", "0", "1.0", "0.0", ""])  # empty cells: False
-    if not known.all():
-        raise DataError(f"{source}: column '{column}' holds {series[~known].iloc[0]!r}; it must be True/False")
-    return text.isin(["true", "1", "1.0"]).to_numpy()
+    return parse_flags(series, f"{source}: column '{column}'")
 
 
 def _require(frame: pd.DataFrame, columns: list[str] | tuple[str, ...], source: str, what: str) -> None:
