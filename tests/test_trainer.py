@@ -164,6 +164,9 @@ def test_metrics_jsonl_checkpoints_and_exported_teacher(tmp_path: Path) -> None:
     teacher = {k[len("teacher.backbone."):]: v for k, v in checkpoint["objective"].items()
                if k.startswith("teacher.backbone.")}
     assert _same(backbone.state_dict(), teacher)
+    from_checkpoint = build_vit(ViTConfig(**{k: v for k, v in VIT.items() if k != "name"}, arch="vit_tiny"), 3)
+    load_backbone_weights(from_checkpoint, tmp_path / "checkpoints" / "final.pt")  # `weights:` may name it too
+    assert _same(from_checkpoint.state_dict(), teacher)
 
 
 def test_bf16_and_fp32_paths(tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 Accepted files (always read with ``torch.load(weights_only=True)``):
 
 - a bare state dict (``{"cls_token": ..., "blocks.0.norm1.weight": ...}``);
-- a dict nesting it under ``"teacher"``, ``"model"``, ``"state_dict"`` or ``"student"`` (searched in
-  that order, repeatedly: DINO v1 checkpoints, DINOv2 ``teacher_checkpoint.pth`` and training
-  checkpoints ``{"model": {...}, "optimizer": ...}``);
+- a dict nesting it under ``"teacher"``, ``"model"``, ``"state_dict"``, ``"student"`` or ``"objective"``
+  (searched in that order, repeatedly: DINO v1 checkpoints, DINOv2 ``teacher_checkpoint.pth``, training
+  checkpoints ``{"model": {...}, "optimizer": ...}`` and cellssl's own ``checkpoints/{last,final}.pt``);
 - keys prefixed ``teacher.backbone.`` (preferred), ``student.backbone.``, ``backbone.`` or ``module.``
   (stripped repeatedly, so ``module.backbone.`` works too);
 - DINOv2 ``block_chunks`` layout ``blocks.<chunk>.<i>.`` (un-nested to ``blocks.<i>.``, ``i`` global).
@@ -32,7 +32,7 @@ from cellssl.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-NESTING_KEYS: tuple[str, ...] = ("teacher", "model", "state_dict", "student")
+NESTING_KEYS: tuple[str, ...] = ("teacher", "model", "state_dict", "student", "objective")
 PREFIXES: tuple[str, ...] = ("teacher.backbone.", "student.backbone.", "backbone.", "module.")
 OPTIONAL_KEYS: frozenset[str] = frozenset({"mask_token"})
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
