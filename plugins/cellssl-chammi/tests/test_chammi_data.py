@@ -17,7 +17,7 @@ from cellssl.errors import DataError
 from cellssl.plugins.manager import build_plugin_state
 from cellssl_chammi import plugin
 from cellssl_chammi.config import ChammiDatasetConfig, ChammiEvaluatorConfig, ChammiSubsetConfig
-from cellssl_chammi.dataset import build_chammi_dataset
+from cellssl_chammi.dataset import build_chammi_dataset, same_rows
 
 CHANNELS = {"wtc": ("dna", "membrane", "protein"), "hpa": ("microtubules", "protein", "dna", "er"),
             "cp": ("dna", "er", "rna", "golgi", "mito")}
@@ -104,6 +104,17 @@ def test_missing_root_folder_columns_and_files(chammi, tmp_path: Path) -> None:
                                         r"hpa_0001\.png; row 3: .*hpa_0002\.png\. .* download may be incomplete"):
         build(root, "hpa")
     assert len(build(root, "hpa", check_files="none")) == 54
+
+
+def test_rows_are_matched_by_id_key_and_file_path() -> None:
+    a = pd.DataFrame({"ID": ["x", "y"], "file_path": ["CP/x.png", "CP/y.png"]})
+    assert same_rows(a, a.copy())
+    assert same_rows(a, a.drop(columns=["ID"]))  # file_path alone
+    assert not same_rows(a, a.iloc[::-1].reset_index(drop=True))  # order matters
+    assert not same_rows(a, a.assign(ID=["x", "z"]))  # every shared key column must agree
+    assert same_rows(a.rename(columns={"ID": "Key"}), a.rename(columns={"ID": "Key"}))
+    assert not same_rows(a.iloc[:1], a)
+    assert not same_rows(a[["ID"]].rename(columns={"ID": "Key"}), a[["ID"]])  # no shared key column
 
 
 def test_config_validation() -> None:

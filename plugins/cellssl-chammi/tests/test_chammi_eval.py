@@ -148,6 +148,24 @@ def test_eval_again_reuses_cached_embeddings_and_adds_linear(run_dir: Path, cham
     assert all(0.0 <= rows[1][c] <= 1.0 for c in COLUMNS)
 
 
+def test_metadata_without_an_id_column_gives_the_same_table(run_dir: Path, chammi, weights: Path,
+                                                            tmp_path: Path) -> None:
+    """Rows are keyed by ``ID``, else ``Key`` (as some CP metadata names it), else ``file_path`` alone."""
+    root = tmp_path / "CHAMMI"
+    shutil.copytree(chammi.root, root)
+    cp = pd.read_csv(root / "CP" / "enriched_meta.csv")
+    cp.rename(columns={"ID": "Key"}).to_csv(root / "CP" / "enriched_meta.csv", index=False)
+    wtc = pd.read_csv(root / "Allen" / "enriched_meta.csv")
+    wtc.drop(columns=["ID"]).to_csv(root / "Allen" / "enriched_meta.csv", index=False)
+    out = tmp_path / "run"
+    assert main(["run", str(CONFIG), f"data.root={root}", f"weights={weights}", f"run.output_dir={out}", *TINY]) == 0
+    result = json.loads((out / "eval" / "chammi.json").read_text())
+    assert result["subsets"]["wtc"]["embeddings"] == "embeddings"  # the embed stage's table matched by file_path
+    assert "Key" in read_embeddings(out / "chammi_embeddings" / "cp").metadata.columns
+    expected = json.loads((run_dir / "eval" / "chammi.json").read_text())["table"][0]
+    assert [result["table"][0][c] for c in COLUMNS] == pytest.approx([expected[c] for c in COLUMNS], abs=1e-12)
+
+
 def test_chammi_table_prints_runs_side_by_side(run_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other_run"

@@ -29,10 +29,10 @@ from cellssl.data.vocabulary import canonical_channel_name
 from cellssl.errors import DataError
 from cellssl_chammi.config import ChammiSubsetConfig
 from cellssl_chammi.subsets import (
-    ID_COLUMN,
     LABEL_COLUMN,
     META_FILE,
     PATH_COLUMN,
+    ROW_KEY_COLUMNS,
     SPLIT_COLUMN,
     SUBSETS,
     WIDTH_COLUMN,
@@ -106,7 +106,7 @@ def resolve_root(root: str | Path, subset: Subset, folder: str | None = None) ->
 
 
 def _check_columns(frame: pd.DataFrame, subset: Subset, meta: Path, extra: list[str]) -> None:
-    needed = [PATH_COLUMN, ID_COLUMN, WIDTH_COLUMN, LABEL_COLUMN, SPLIT_COLUMN, *extra]
+    needed = [PATH_COLUMN, WIDTH_COLUMN, LABEL_COLUMN, SPLIT_COLUMN, *extra]  # ID / Key: optional
     missing = [column for column in needed if column not in frame.columns]
     if missing:
         raise DataError(
@@ -118,6 +118,18 @@ def _check_columns(frame: pd.DataFrame, subset: Subset, meta: Path, extra: list[
     if bad.size:
         raise DataError(f"{meta}: row {int(bad[0]) + 1} (1-based data row) has channel_width "
                         f"{frame[WIDTH_COLUMN].iat[int(bad[0])]!r}; it must be a positive integer")
+
+
+def same_rows(left: pd.DataFrame, right: pd.DataFrame) -> bool:
+    """Whether two metadata frames list the same rows in the same order.
+
+    Compared on every row-key column (``ROW_KEY_COLUMNS``: ``ID``, ``Key``, ``file_path``) present in both;
+    ``False`` when the lengths differ or no key column is shared.
+    """
+    shared = [column for column in ROW_KEY_COLUMNS if column in left.columns and column in right.columns]
+    if len(left) != len(right) or not shared:
+        return False
+    return all([str(v) for v in left[column]] == [str(v) for v in right[column]] for column in shared)
 
 
 def _image_base(chammi_root: Path, meta: Path, first_path: str) -> Path:

@@ -155,14 +155,13 @@ class RunModel:
         from cellssl.data.preprocess import EvalPreprocess
         from cellssl.eval.embeddings import read_embeddings
         from cellssl.eval.export import export_embeddings
+        from cellssl_chammi.dataset import same_rows
 
         identity = self.identity()
         if reuse and (out_dir / "manifest.json").is_file():
             cached = read_embeddings(out_dir)
-            ids = [str(v) for v in dataset.metadata["ID"]] if "ID" in dataset.metadata.columns else None
-            same_rows = ids is not None and "ID" in cached.metadata.columns and \
-                [str(v) for v in cached.metadata["ID"]] == ids
-            if cached.manifest.get("info", {}).get(MODEL_KEY) == identity and same_rows:
+            if cached.manifest.get("info", {}).get(MODEL_KEY) == identity and \
+                    same_rows(cached.metadata, dataset.metadata):
                 logger.info("chammi: reusing the embeddings in %s", out_dir)
                 return cached
         channels = tuple(dataset.channel_names)

@@ -25,7 +25,7 @@ import numpy as np
 from cellssl.errors import ConfigError
 from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
 from cellssl_chammi.config import ChammiEvaluatorConfig, ChammiSubsetConfig
-from cellssl_chammi.subsets import ID_COLUMN, PATH_COLUMN, SUBSETS, task_label
+from cellssl_chammi.subsets import SUBSETS, task_label
 
 if TYPE_CHECKING:
     from cellssl.eval.embeddings import EmbeddingTable
@@ -40,15 +40,10 @@ CSV_FILE = "chammi_table.csv"
 
 
 def _same_rows(table: EmbeddingTable, dataset: ChammiDataset) -> bool:
-    """Whether ``table`` holds exactly ``dataset``'s rows, in order (by ``ID`` and ``file_path``)."""
-    meta = table.metadata
-    if len(meta) != len(dataset) or ID_COLUMN not in meta.columns:
-        return False
-    for column in (ID_COLUMN, PATH_COLUMN):
-        both = column in meta.columns and column in dataset.metadata.columns
-        if both and [str(v) for v in meta[column]] != [str(v) for v in dataset.metadata[column]]:
-            return False
-    return True
+    """Whether ``table`` holds exactly ``dataset``'s rows, in order (by ``ID`` / ``Key`` and ``file_path``)."""
+    from cellssl_chammi.dataset import same_rows
+
+    return same_rows(table.metadata, dataset.metadata)
 
 
 class ChammiEvaluator(Evaluator):

@@ -24,6 +24,8 @@ SPLIT_COLUMN = "train_test_split"
 LABEL_COLUMN = "Label"
 PATH_COLUMN = "file_path"
 ID_COLUMN = "ID"
+ROW_KEY_COLUMNS: tuple[str, ...] = (ID_COLUMN, "Key", "file_path")
+"""Columns that identify a row, where present (``ID``; some releases name it ``Key``; always ``file_path``)."""
 WIDTH_COLUMN = "channel_width"
 META_FILE = "enriched_meta.csv"
 
