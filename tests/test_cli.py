@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from cellssl.cli import main
+from cellssl.launch.launcher import LaunchResult
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,18 @@ def test_run_on_jurkat_writes_embeddings_and_knn_json(
     assert 0.0 < f1 <= 1.0
     saved = (run_dir / "config.yaml").read_text()
     assert "depth: 2" in saved and strategy in saved
+
+
+@pytest.mark.parametrize(("rank", "printed"), [("0", True), ("1", False)])
+def test_only_rank_zero_prints_the_run_summary(rank: str, printed: bool, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun every process runs the CLI; one summary is printed, by rank 0."""
+    import cellssl.launch
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data: {name: synthetic_cells, num_samples: 8, image_size: 16}\n")
+    monkeypatch.setattr(cellssl.launch, "launch", lambda cfg, stages: LaunchResult(run_dir=tmp_path / "r"))
+    monkeypatch.setenv("RANK", rank)
+    assert main(["embed", str(config)]) == 0
+    assert (f"run directory: {tmp_path / 'r'}" in capsys.readouterr().out) is printed

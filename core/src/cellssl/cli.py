@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -91,6 +92,8 @@ def _run_stages(args: argparse.Namespace, stages: list[str] | None) -> int:
             config.train = {}
         config.train.resume = True
     result = launch(config, stages)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for every process
+        return 0
     if result.job is not None:
         print(f"submitted job {result.job.job_id}; logs in {result.job.paths.folder}")
     if result.outputs and "eval" in result.outputs:
