@@ -12,30 +12,33 @@ A plugin describes a public dataset with a :class:`DownloadSpec` (registered und
   (members with absolute paths or ``..`` are refused), leaving a marker so a re-run does not unpack again.
 
 :func:`check_data_root` is what datasets call to fail early with the missing files, where they were
-looked for and how to get them. This module imports only the standard library at module level.
+looked for and how to get them. Archives are unpacked by :mod:`cellssl.data.archives`; the command
+``cellssl data download`` lives in :mod:`cellssl.data.download_cli`. This module imports only the standard
+library at module level.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import logging
 import os
 import re
-import tarfile
 import urllib.error
 import urllib.request
-import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cellssl.atomic import atomic_write_text
+from cellssl.data.archives import archive_kind, unpack_archive
 from cellssl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["DownloadFile", "DownloadResult", "DownloadSpec", "archive_kind", "check_data_root", "download",
+           "sha256_of", "unpack_archive"]
 
 PART_SUFFIX = ".part"
 UNPACKED_MARKER = ".{name}.unpacked"
@@ -115,16 +118,6 @@ class DownloadResult:
     skipped: list[Path] = field(default_factory=list)
     unpacked: list[Path] = field(default_factory=list)
     unverified: list[Path] = field(default_factory=list)
-
-
-def archive_kind(path: str | os.PathLike[str]) -> str | None:
-    """``"zip"``, ``"tar"`` or ``None`` from the file name."""
-    name = str(path).lower()
-    if name.endswith(".zip"):
-        return "zip"
-    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")):
-        return "tar"
-    return None
 
 
 def _digest_of(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> Any:
@@ -235,41 +228,6 @@ def _fetch(item: DownloadFile, part: Path, *, progress: bool, chunk_size: int, t
                            item.url, exc, have, attempts, retries)
 
 
-def _safe_members(names: Iterable[str], archive: Path) -> None:
-    for name in names:
-        pure = PurePosixPath(name.replace("\\", "/"))
-        if pure.is_absolute() or ".." in pure.parts:
-            raise DataError(f"archive {archive} holds an unsafe member path {name!r}; it was not unpacked")
-
-
-def unpack_archive(archive: Path, target: Path) -> None:
-    """Extract a zip or tar archive into ``target``.
-
-    :raises DataError: if the archive is unreadable or a member would land outside ``target``.
-    """
-    kind = archive_kind(archive)
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(archive) as handle:
-                _safe_members(handle.namelist(), archive)
-                handle.extractall(target)
-        elif kind == "tar":
-            with tarfile.open(archive) as handle:
-                members = handle.getmembers()
-                _safe_members((m.name for m in members), archive)
-                links = [m.name for m in members if m.issym() or m.islnk()]
-                if links:
-                    raise DataError(f"archive {archive} holds links ({links[:3]}); it was not unpacked")
-                if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and recent 3.10 / 3.11 patches
-                    handle.extractall(target, filter="data")
-                else:
-                    handle.extractall(target)
-        else:
-            raise DataError(f"{archive} is not a zip or tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise DataError(f"could not unpack {archive}: {type(exc).__name__}: {exc}") from exc
-
-
 def download(spec: DownloadSpec, to_dir: str | os.PathLike[str], *, progress: bool = True, chunk_size: int = 1 << 20,
              timeout: float = 60.0, retries: int = 3) -> DownloadResult:
     """Fetch every file of ``spec`` into ``to_dir`` (see the module docstring).
@@ -359,65 +317,3 @@ def check_data_root(root: str | os.PathLike[str], required: Sequence[str], *, da
         raise DataError(f"{dataset} data at {path.resolve()} ({key}) is incomplete: missing {', '.join(missing)}. "
                         f"{how_to_get}")
     return path
-
-
-# ------------------------------------------------------------------------------------------- the CLI
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="registered download name (omit to list them)")
-    parser.add_argument("options", nargs="*", help="key=value settings of the download (e.g. a mirror URL)")
-    parser.add_argument("--to", dest="to", help="target folder (created if missing)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _parse_options(options: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values stay text (the config dataclass converts them: a checksum made only of
-    digits must not become a number), except ``null`` / empty, which mean ``None``."""
-    parsed: dict[str, Any] = {}
-    for option in options:
-        key, sep, raw = option.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(option, "download options look like key=value")
-        value = raw.strip()
-        parsed[key.strip()] = None if value.lower() in ("", "null", "none", "~") else value
-    return parsed
-
-
-def _run(args: argparse.Namespace) -> int:
-    from cellssl.config.validate import validate_block
-    from cellssl.plugins import get_registry
-
-    registry = get_registry("download")
-    if not args.name:
-        print("downloadable datasets:")
-        for entry in registry:
-            print(f"    {entry.name:<16} {entry.summary}  ({entry.distribution})")
-        if not len(registry):
-            print("    (none: install a dataset plugin such as cellssl-chammi)")
-        return 0
-    if not args.to:
-        raise ConfigError("--to", f"say where to put the data: cellssl data download {args.name} --to DIR")
-    entry = registry.get(args.name)
-    config = validate_block(_parse_options(args.options), entry.config_cls, f"download {args.name}")
-    spec = entry.factory(config)
-    if not isinstance(spec, DownloadSpec):
-        raise TypeError(f"download '{args.name}' of {entry.distribution} returned {type(spec).__name__}, "
-                        "not a DownloadSpec")
-    if spec.description:
-        print(spec.description)
-    if spec.note:
-        print(f"note: {spec.note}")
-    result = download(spec, args.to, progress=not args.no_progress)
-    print(f"{spec.name}: {len(result.downloaded)} downloaded, {len(result.skipped)} already complete, "
-          f"{len(result.unpacked)} unpacked, in {Path(args.to).expanduser().resolve()}")
-    for path in result.unverified:
-        print(f"warning: {path.name} has no published checksum; its sha256 is in {path.name}.sha256")
-    return 0
-
-
-def download_cli_command() -> Any:
-    """The ``cellssl data download [NAME] --to DIR [key=value ...]`` command."""
-    from cellssl.plugins.registry import CliCommand
-
-    return CliCommand(name="download", help="download a public dataset (resumable, checksummed)",
-                      add_arguments=_add_arguments, run=_run, group="data")
-

@@ -122,6 +122,6 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
 @hookimpl
 def cellssl_cli_commands() -> list[Any]:
     """``cellssl data download NAME --to DIR``: fetch a dataset registered under kind ``download``."""
-    from cellssl.data.download import download_cli_command
+    from cellssl.data.download_cli import download_cli_command
 
     return [download_cli_command()]
