@@ -116,7 +116,7 @@ def _resize_pos_embed(model: nn.Module, state: dict[str, Any], source: str) -> N
         return
     if given.dim() != 3 or given.shape[-1] != target.shape[-1]:
         return  # reported as a shape mismatch
-    from cellssl.models.vit import interpolate_pos_embed
+    from cellssl.models.pos_embed import interpolate_pos_embed
 
     side = round((target.shape[1] - 1) ** 0.5)
     try:

@@ -37,7 +37,8 @@ from torch import nn
 from cellssl.models.attention import _xformers_ops, attention
 
 if TYPE_CHECKING:
-    from cellssl.models.vit import Block, VisionTransformer
+    from cellssl.models.vit import VisionTransformer
+    from cellssl.models.vit_blocks import Block
 
 PACKING_MODES = ("auto", "grouped", "padded", "xformers", "off")
 

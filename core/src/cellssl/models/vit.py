@@ -12,20 +12,22 @@ registers are inserted, so registers have no positional embedding.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cellssl.errors import DataError
-from cellssl.models.attention import BACKENDS, Attention
-from cellssl.models.packed import PACKING_MODES, PackedLayout, forward_crops, packed_block_forward, resolve_mode
+from cellssl.models.attention import BACKENDS
+from cellssl.models.packed import PACKING_MODES, forward_crops, resolve_mode
+from cellssl.models.pos_embed import interpolate_pos_embed
+from cellssl.models.vit_blocks import Block, PatchEmbed
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ARCHS", "Block", "ViTConfig", "VisionTransformer", "build_vit", "interpolate_pos_embed"]
 
 # arch -> (embed_dim, depth, num_heads)
 ARCHS: dict[str, tuple[int, int, int]] = {
@@ -103,123 +105,6 @@ class ViTConfig:
         """``(embed_dim, depth, num_heads)`` after applying the overrides to the arch."""
         dim, depth, heads = ARCHS[self.arch]
         return (self.embed_dim or dim, self.depth or depth, self.num_heads or heads)
-
-
-def interpolate_pos_embed(
-    pos_embed: torch.Tensor, rows: int, cols: int, *, offset: float = 0.1, antialias: bool = False
-) -> torch.Tensor:
-    """Resize a DINOv2 positional embedding to a ``rows x cols`` patch grid.
-
-    :param pos_embed: ``(1, 1 + M*M, D)``: CLS embedding then a row-major ``M x M`` grid.
-    :param rows: patch rows of the input (``H // patch_size``; DINOv2 calls it ``w0``).
-    :param cols: patch columns (``W // patch_size``; DINOv2's ``h0``).
-    :param offset: if > 0, bicubic resize by scale factor ``((rows + offset) / M, (cols + offset) / M)``;
-        if 0, bicubic resize to size ``(rows, cols)``.
-    :param antialias: passed to :func:`torch.nn.functional.interpolate`.
-    :return: ``(1, 1 + rows*cols, D)`` in ``pos_embed``'s dtype (computed in float32); ``pos_embed``
-        itself when the grid already is ``rows x cols``.
-    :raises ValueError: if the stored grid is not square.
-    """
-    n_grid = pos_embed.shape[1] - 1
-    m = math.isqrt(n_grid)
-    if m * m != n_grid:
-        raise ValueError(f"pos_embed holds {n_grid} grid positions, not a square grid")
-    if (rows, cols) == (m, m):
-        return pos_embed
-    dim = pos_embed.shape[-1]
-    with torch.autocast(pos_embed.device.type, enabled=False):
-        pe = pos_embed.float()
-        grid = pe[:, 1:].reshape(1, m, m, dim).permute(0, 3, 1, 2)
-        if offset:
-            kwargs: dict[str, Any] = {"scale_factor": ((rows + offset) / m, (cols + offset) / m)}
-        else:
-            kwargs = {"size": (rows, cols)}
-        grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **kwargs)
-    if tuple(grid.shape[-2:]) != (rows, cols):
-        raise ValueError(f"pos_embed interpolation gave grid {tuple(grid.shape[-2:])}, expected {(rows, cols)}")
-    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
-    return torch.cat([pe[:, :1], grid], dim=1).to(pos_embed.dtype)
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` patches -> ``(B, N, D)`` tokens (row-major grid)."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class LayerScale(nn.Module):
-    """Per-channel scale ``x * gamma`` (gamma initialised to ``init_value``)."""
-
-    def __init__(self, dim: int, init_value: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero the whole residual branch of a sample with probability p."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-class Mlp(nn.Module):
-    """``fc2(gelu(fc1(x)))``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with optional LayerScale and stochastic depth."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        layerscale_init: float | None,
-        drop_path: float,
-        backend: str,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, backend)
-        self.ls1 = LayerScale(dim, layerscale_init) if layerscale_init else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim, layerscale_init) if layerscale_init else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, layout: PackedLayout | None = None) -> torch.Tensor:
-        """``(B, N, dim)`` tokens, or a packed ``(1, T, dim)`` sequence of several crops with its ``layout``."""
-        if layout is not None:
-            return packed_block_forward(self, x, layout)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class VisionTransformer(nn.Module):

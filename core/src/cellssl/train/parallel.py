@@ -249,7 +249,7 @@ class ParallelTraining:
     def _fully_shard(self, module: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import fully_shard
 
-        from cellssl.models.vit import Block
+        from cellssl.models.vit_blocks import Block
 
         # the networks return slices of one head output; nothing modifies them in place, which is what
         # FSDP2's warning about returned views is about
