@@ -222,8 +222,12 @@ class TableDataset(CellDataset):
             raise DataError(f"channel names from {origin} name a channel twice: {list(names)} -> {canonical}")
         return canonical
 
+    def missing_files(self) -> list[tuple[int, Path]]:
+        """``(sample index, path)`` of every image file the table lists that does not exist, in row order."""
+        return [(i, path) for i, paths in enumerate(self._paths) for path in paths if not path.is_file()]
+
     def _check_exist(self) -> None:
-        missing = [(i, path) for i, paths in enumerate(self._paths) for path in paths if not path.is_file()]
+        missing = self.missing_files()
         if not missing:
             return
         shown = "; ".join(f"{self._row(i)}: {path}" for i, path in missing[:5])

@@ -45,7 +45,12 @@ from cellssl.eval.classifier import (
 )
 from cellssl.eval.knn import METRICS, VOTINGS, check_ks, knn_classify, knn_evaluate
 from cellssl.eval.knn_index import KNNIndexConfig, index_report
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.metrics import (
+    HEADLINE_MULTICLASS,
+    HEADLINE_MULTILABEL,
+    multiclass_metrics,
+    multilabel_metrics,
+)
 from cellssl.eval.splits import SplitConfig, make_split
 
 if TYPE_CHECKING:
@@ -55,8 +60,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MULTICLASS_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1")
-MULTILABEL_COLUMNS = ("mean_per_class_multilabel_f1", "micro_f1", "subset_accuracy")
 
 
 @dataclass
@@ -194,7 +197,7 @@ class KNNEvaluator(Evaluator):
     def _few_shot(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   labels: EvalLabels) -> tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]:
         cfg = self.config
-        columns = MULTILABEL_COLUMNS if labels.multilabel else MULTICLASS_COLUMNS
+        columns = HEADLINE_MULTILABEL if labels.multilabel else HEADLINE_MULTICLASS
         section: dict[str, Any] = {"draws": cfg.few_shot.draws, "seed": cfg.few_shot.seed, "shots": {}}
         metrics: dict[str, float] = {}
         rows: list[dict[str, Any]] = []
@@ -267,7 +270,7 @@ class KNNEvaluator(Evaluator):
             per_class_report=cfg.per_class_report, batch_size=cfg.batch_size,
             num_threads=cfg.num_threads, index=cfg.index,
         )
-        columns = MULTILABEL_COLUMNS if labels.multilabel else MULTICLASS_COLUMNS
+        columns = HEADLINE_MULTILABEL if labels.multilabel else HEADLINE_MULTICLASS
         rows = [{"train": "all", "k": int(k), **{c: scores[c] for c in columns}} for k, scores in per_k.items()]
         metrics = _flat_metrics(per_k)
         result: dict[str, Any] = {

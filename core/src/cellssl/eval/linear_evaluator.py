@@ -42,7 +42,12 @@ from cellssl.eval.linear import (
     LinearProbe,
     fit_linear_probe,
 )
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.metrics import (
+    HEADLINE_MULTICLASS,
+    HEADLINE_MULTILABEL,
+    multiclass_metrics,
+    multilabel_metrics,
+)
 from cellssl.eval.splits import SplitConfig, make_split
 
 if TYPE_CHECKING:
@@ -53,8 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "auto")
-MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-MULTILABEL_METRICS = ("mean_per_class_multilabel_f1", "micro_f1", "subset_accuracy")
 
 
 @dataclass
@@ -193,11 +196,11 @@ class LinearEvaluator(Evaluator):
         if labels.multilabel:
             report = multilabel_metrics(test_y, probe.predict_scores(embeddings[test_idx]), labels.names,
                                         per_label=cfg.per_class_report)
-            names = MULTILABEL_METRICS
+            names = HEADLINE_MULTILABEL
         else:
             report = multiclass_metrics(test_y, probe.predict(embeddings[test_idx]), labels.names,
                                         per_class=cfg.per_class_report)
-            names = MULTICLASS_METRICS
+            names = HEADLINE_MULTICLASS
         split = split_summary(cfg.split.mode, cfg.split.column, metadata, train_idx, test_idx)
         split.update(val_rows=probe.sizes["val_rows"], fit_rows=probe.sizes["fit_rows"])
         result: dict[str, Any] = {

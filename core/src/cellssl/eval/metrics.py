@@ -16,6 +16,11 @@ from typing import Any
 
 import numpy as np
 
+HEADLINE_MULTICLASS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
+"""The multi-class metrics evaluators report per setting (keys of :func:`multiclass_metrics`)."""
+HEADLINE_MULTILABEL: tuple[str, ...] = ("mean_per_class_multilabel_f1", "micro_f1", "subset_accuracy")
+"""The multi-label metrics evaluators report per setting (keys of :func:`multilabel_metrics`)."""
+
 
 def _names(count: int, names: Sequence[str] | None, what: str) -> list[str]:
     if names is None:

@@ -142,7 +142,7 @@ def _image_base(chammi_root: Path, meta: Path, first_path: str) -> Path:
 
 
 def _check_files_exist(dataset: ChammiDataset) -> None:
-    missing = [(i, dataset.files(i)[0]) for i in range(len(dataset)) if not dataset.files(i)[0].is_file()]
+    missing = dataset.missing_files()
     if not missing:
         return
     shown = "; ".join(f"row {dataset.row_numbers[i]}: {path}" for i, path in missing[:5])
