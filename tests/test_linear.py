@@ -66,17 +66,17 @@ def test_multilabel_f1_at_threshold_half_by_hand() -> None:
     x = np.array([[2.0, -1.0, 0.0], [-3.0, 1.0, -0.1], [1.0, 1.0, -2.0], [-1.0, -1.0, 3.0]], dtype=np.float32)
     truth = np.array([[1, 0, 1], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
     pred = probe.predict(x)
-    # sigmoid(0) = 0.5 is predicted (>= 0.5); sigmoid(-0.1) < 0.5 is not.
-    assert pred.tolist() == [[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]]
-    # Label 0: TP 1, FP 1, FN 0 -> F1 2/3. Label 1: TP 2 -> 1. Label 2: TP 1, FP 1, FN 0 -> 2/3.
-    macro = (2 / 3 + 1 + 2 / 3) / 3
-    micro = 2 * 4 / (2 * 4 + 2 + 0)  # TP 4, FP 2, FN 0
+    # sigmoid(0) = 0.5 is not predicted (> 0.5, torchmetrics' rule); sigmoid(-0.1) < 0.5 is not either.
+    assert pred.tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]]
+    # Label 0: TP 1, FP 1, FN 0 -> F1 2/3. Label 1: TP 2 -> 1. Label 2: TP 0, FP 1, FN 1 -> 0.
+    macro = (2 / 3 + 1 + 0) / 3
+    micro = 2 * 3 / (2 * 3 + 2 + 1)  # TP 3, FP 2, FN 1
     report = multilabel_metrics(truth, probe.predict_scores(x))
     assert report["mean_per_class_multilabel_f1"] == pytest.approx(macro)
     assert report["micro_f1"] == pytest.approx(micro)
     scores = classification_scores(truth, pred, multilabel=True)
     assert scores["f1"] == pytest.approx(macro) and scores["micro_f1"] == pytest.approx(micro)
-    assert scores["precision"] == pytest.approx((0.5 + 1 + 0.5) / 3) and scores["recall"] == pytest.approx(1.0)
+    assert scores["precision"] == pytest.approx((0.5 + 1 + 0) / 3) and scores["recall"] == pytest.approx(2 / 3)
 
 
 def test_multilabel_evaluator_metric_equals_hand_f1_of_the_probe(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_multilabel_matches_sklearn_at_threshold() -> None:
     rng = np.random.default_rng(1)
     y_true = (rng.random((150, 5)) < 0.3).astype(int)
     scores = np.clip(y_true * 0.6 + rng.random((150, 5)) * 0.6, 0, 1)
-    pred = (scores >= 0.5).astype(int)
+    pred = (scores > 0.5).astype(int)
     result = multilabel_metrics(y_true, scores, label_names=list("abcde"))
     assert result["mean_per_class_multilabel_f1"] == pytest.approx(f1_score(y_true, pred, average="macro"))
     assert result["macro_f1"] == result["mean_per_class_multilabel_f1"]
@@ -73,14 +73,15 @@ def test_multilabel_matches_sklearn_at_threshold() -> None:
 def test_multilabel_hand_example() -> None:
     y_true = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
     scores = np.array([[0.9, 0.5, 0.0], [0.2, 0.7, 0.1], [0.0, 0.4, 0.2]])
-    # predictions at >= 0.5: [[1,1,0],[0,1,0],[0,0,0]]; label 0: f1 2/3; label 1: tp 1 fp 1 fn 1 -> 0.5;
-    # label 2 is never true nor predicted and is left out of the macro mean.
+    # predictions at > 0.5 (0.5 itself is not predicted): [[1,0,0],[0,1,0],[0,0,0]]; label 0: tp 1 fn 1 -> 2/3;
+    # label 1: tp 1 fn 1 -> 2/3; label 2 is never true nor predicted: F1 0, and it counts in the mean.
     result = multilabel_metrics(y_true, scores)
-    assert result["mean_per_class_multilabel_f1"] == pytest.approx((2 / 3 + 0.5) / 2)
-    assert result["num_labels_scored"] == 2
-    assert result["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))  # tp 2, fp 1, fn 2
-    assert result["subset_accuracy"] == 0.0
-    assert multilabel_metrics(y_true, scores, threshold=0.4)["subset_accuracy"] == pytest.approx(1 / 3)
+    assert result["mean_per_class_multilabel_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert result["macro_f1_present_labels"] == pytest.approx(2 / 3)
+    assert result["num_labels_scored"] == 2 and result["num_labels"] == 3
+    assert result["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2))  # tp 2, fp 0, fn 2
+    assert result["subset_accuracy"] == pytest.approx(1 / 3)
+    assert multilabel_metrics(y_true, scores, threshold=0.3)["subset_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_multilabel_errors() -> None:

@@ -9,7 +9,7 @@ the other three), each scaled by ``round(x * 255 / max)`` with the channel's max
   cell-line columns; varied-size crops + the pretraining CSV for the ``ssl`` split. One labelled image is
   stored as a grey tape of 4 square channels instead of RGBA.
 - ``hpafov/``: HPA-FoV: RGBA PNGs in ``512_whole_images/`` + train / test CSVs (``file``, ``cell_type``,
-  28 class columns); one image exists only as ``<stem>_blue.png``.
+  28 class columns); one image exists only as ``<stem>.tiff`` (4 pages).
 - ``kaggle/``: ``train.csv`` (``Id``, ``Target``) and ``train|test/<Id>_{red,green,blue,yellow}.png``.
 
 Labels are a fixed function of the crop's metadata (``labels_of``), so tests can recompute them.
@@ -129,8 +129,11 @@ def _hpafov(fixture: HPAFixture, bbbc021: Path) -> None:
     tables: dict[str, list[dict[str, object]]] = {"train": [], "test": []}
     for i, row in fixture.crops.iterrows():
         planes = four_planes(bbbc021, row["path"], row["partner"], fixture.scales)
-        stored = f"{row['name']}_blue.png" if i == 3 else f"{row['name']}.png"
-        _save_rgba(planes, root / "512_whole_images" / stored)
+        if i == 3:  # stored only as <stem>.tiff: the published loader's fallback finds it
+            (root / "512_whole_images").mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / "512_whole_images" / f"{row['name']}.tiff", planes, photometric="minisblack")
+        else:
+            _save_rgba(planes, root / "512_whole_images" / f"{row['name']}.png")
         classes = labels_of(row, FOV_CLASSES)
         record: dict[str, object] = {"file": f"/datasets/hpa/{row['name']}.png",
                                      "cell_type": "Unknown-1" if i == 4 else line_of(row)}

@@ -4,7 +4,6 @@ augmentations, the download message and the Cell-DINO evaluation configs."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from cellssl.errors import DataError
 from cellssl.plugins.manager import build_plugin_state
 from cellssl_hpa import plugin
 from cellssl_hpa.augment import HPA_AUGMENT, hpa_augment_config, hpa_multicrop_config
-from cellssl_hpa.classes import FOV_CLASSES, SINGLE_CELL_CLASSES
+from cellssl_hpa.classes import FOV_CELL_LINES, FOV_CLASSES, SINGLE_CELL_CLASSES, SINGLE_CELL_LINES
 from cellssl_hpa.config import HPAFovConfig, HPASingleCellConfig
 from cellssl_hpa.dataset import build_hpa_fov, build_hpa_single_cell
 
@@ -48,36 +47,47 @@ def kaggle(hpa, **kwargs: object):
 
 
 def _name(path: str) -> str:
-    return Path(path).name.split(".")[0].removesuffix("_blue").removeprefix("v_")
+    return Path(path).name.split(".")[0].removeprefix("v_")
 
 
 def test_single_cell_channels_labels_and_splits(hpa) -> None:
     train = single(hpa)  # protein localisation, published train CSV
-    expected_rows = [n for i, n in enumerate(hpa.crops["name"]) if hpa.crops["role"][i] == "train" and i != 1]
-    assert [_name(p) for p in train.metadata["path"]] == expected_rows  # row 1 (no class) dropped
+    expected_rows = [n for i, n in enumerate(hpa.crops["name"]) if hpa.crops["role"][i] == "train"]
+    assert [_name(p) for p in train.metadata["path"]] == expected_rows  # row 1 (no class) kept, as published
+    assert train.metadata["protein_localization"][0] == ""
+    assert not train.metadata.loc[0, list(SINGLE_CELL_CLASSES)].any()
     assert train.channel_names == CHANNELS
     assert train.label_columns == SINGLE_CELL_CLASSES
     for index in range(len(train)):
         name = _name(train.metadata["path"][index])
-        expected = hpa.labels(name, SINGLE_CELL_CLASSES)
+        expected = set() if name == "cell_001" else hpa.labels(name, SINGLE_CELL_CLASSES)  # row 1 was blanked
         assert {c for c in SINGLE_CELL_CLASSES if train.metadata[c][index]} == expected
         joined = "|".join(c for c in SINGLE_CELL_CLASSES if c in expected)
         assert train.metadata["protein_localization"][index] == joined
         assert train.metadata["cell_type"][index] == (None if name == "cell_002" else hpa.line(name))
+        expected_index = -1 if name == "cell_002" else SINGLE_CELL_LINES.index(hpa.line(name))
+        assert train.metadata["cell_type_index"][index] == expected_index  # position in the published list
     for name in ("cell_003", "cell_005"):  # RGBA planes, and the one stored as a grey tape
         index = [_name(p) for p in train.metadata["path"]].index(name)
         torch.testing.assert_close(train[index].image, torch.from_numpy(hpa.planes(name) / np.float32(255.0)))
     labelled = single(hpa, split="labelled")
-    assert labelled.metadata["split"].value_counts().to_dict() == {"train": 35, "test": 12}
+    assert labelled.metadata["split"].value_counts().to_dict() == {"train": 36, "test": 12}
     assert len(single(hpa, split="test")) == 12
+    dropped = single(hpa, split="labelled", unlabelled="drop")
+    assert len(dropped) == 47 and "cell_001" not in {_name(p) for p in dropped.metadata["path"]}
+    with pytest.raises(ValueError, match=r"unlabelled must be one of \('published', 'keep', 'drop'\), got 'skip'"):
+        HPASingleCellConfig(root="x", unlabelled="skip")
 
 
 def test_single_cell_type_mode_and_ssl(hpa) -> None:
     cells = single(hpa, mode="cell_type", split="labelled")
     assert cells.label_columns == ("cell_type",)
-    assert len(cells) == 47 and "cell_002" not in {_name(p) for p in cells.metadata["path"]}  # no cell line
-    assert "cell_001" in {_name(p) for p in cells.metadata["path"]}  # no class, but a cell line: kept
-    assert set(cells.metadata["cell_type"]) == {"A-431", "HeLa", "U-2 OS"}
+    assert len(cells) == 48 and cells.classes == SINGLE_CELL_LINES  # published: every row kept
+    no_line = [_name(p) for p in cells.metadata["path"]].index("cell_002")
+    assert pd.isna(cells.metadata["cell_type"][no_line]) and cells.metadata["cell_type_index"][no_line] == -1
+    assert set(cells.metadata["cell_type"].dropna()) == {"A-431", "HeLa", "U-2 OS"}
+    strict = single(hpa, mode="cell_type", split="labelled", unlabelled="drop")
+    assert len(strict) == 47 and "cell_002" not in {_name(p) for p in strict.metadata["path"]}
     ssl = single(hpa, split="ssl")
     assert len(ssl) == 10 and ssl.label_columns == ()
     assert [tuple(ssl[i].image.shape) for i in (0, 9)] == [(4, 40, 40), (4, 68, 68)]  # varied sizes
@@ -88,10 +98,16 @@ def test_fov_layout_fallback_and_unknown_cell_lines(hpa) -> None:
     data = fov(hpa, split="labelled")
     assert data.label_columns == FOV_CLASSES and len(data) == 48
     index = [_name(p) for p in data.metadata["path"]].index("cell_003")
-    assert data.metadata["path"][index] == "512_whole_images/cell_003_blue.png"  # the published loader's fallback
+    assert data.metadata["path"][index] == "512_whole_images/cell_003.tiff"  # the published loader's fallback
     torch.testing.assert_close(data[index].image, torch.from_numpy(hpa.planes("cell_003") / np.float32(255.0)))
-    lines = fov(hpa, split="labelled", mode="cell_type")
-    assert len(lines) == 47 and "cell_004" not in {_name(p) for p in lines.metadata["path"]}
+    lines = fov(hpa, split="labelled", mode="cell_type")  # published: cell_type mode keeps every row
+    unknown = [_name(p) for p in lines.metadata["path"]].index("cell_004")
+    assert len(lines) == 48 and pd.isna(lines.metadata["cell_type"][unknown])
+    assert lines.metadata["cell_type_index"].tolist().count(-1) == 1
+    known = lines.metadata["cell_type"].notna()
+    named = [FOV_CELL_LINES[i] for i in lines.metadata["cell_type_index"][known]]
+    assert named == list(lines.metadata["cell_type"][known])
+    assert len(fov(hpa, split="labelled", mode="cell_type", unlabelled="drop")) == 47
     ssl = fov(hpa, split="ssl")
     assert len(ssl) == 48 and ssl.label_columns == ()
 
@@ -135,7 +151,8 @@ def test_missing_data_and_malformed_tables(hpa, tmp_path: Path) -> None:
     assert parsed.metadata["cytosol"][1:].tolist() == written[parsed.metadata["file"][1:]].tolist()
     frame.loc[0, "HeLa"], frame.loc[0, "A549"] = True, True
     frame.to_csv(table, index=False)
-    with pytest.raises(DataError, match=r"data row 1 marks several cell lines \['A549', 'HeLa'\]"):
+    with pytest.raises(DataError, match=r"data row 1 marks several cell lines \['A549', 'HeLa'\]; .*one cell comes "
+                                        r"from one line.*would silently keep the last marked line"):
         build_hpa_single_cell(HPASingleCellConfig(root=str(root)))
     frame.drop(columns=["cytosol"]).to_csv(table, index=False)
     with pytest.raises(DataError, match=r"lacks 1 protein-localisation class column\(s\): \['cytosol'\]"):
@@ -189,18 +206,6 @@ def test_download_explains_where_the_data_is(tmp_path: Path, capsys: pytest.Capt
 TINY = ["backbone.name=vit_tiny", "backbone.embed_dim=32", "backbone.depth=1", "backbone.num_heads=2",
         "backbone.patch_size=8", "backbone.img_size=32", "backbone.layerscale_init=null", "embed.img_size=32",
         "run.num_threads=1"]
-
-
-def test_cell_dino_knn_config_runs_on_the_fixture(hpa, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert main(["run", str(REPO / "configs/eval/hpa_single_cell_knn.yaml"), f"data.root={hpa.root / 'hpaone'}",
-                 f"run.output_dir={out}", *TINY]) == 0
-    cells = json.loads((out / "eval" / "knn.json").read_text())
-    assert cells["task"] == "multiclass" and cells["split"]["train_rows"] == 34 and cells["split"]["test_rows"] == 12
-    assert 0.0 <= cells["metrics"]["k1_macro_f1"] <= 1.0
-    proteins = json.loads((out / "eval" / "knn_2.json").read_text())
-    assert proteins["task"] == "multilabel" and proteins["split"]["test_rows"] == 12
-    assert set(proteins["labels"]["names"]) == {"cytosol", "mitochondria", "nucleoli", "nucleoplasm"}
 
 
 @pytest.mark.parametrize("name", ["hpa_single_cell_linear", "hpa_single_cell_knn", "hpa_fov_linear", "hpa_fov_knn"])

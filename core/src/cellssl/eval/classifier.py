@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from collections.abc import Sequence
@@ -33,20 +34,29 @@ class LabelSettings:
     :ivar label_column: metadata column of the labels (default: the dataset's label columns).
     :ivar label_separator: separator of a multi-label ``label_column`` (e.g. ``"|"``).
     :ivar label_columns: boolean columns, one per label (multi-label); overrides ``label_column``.
-    :ivar skip_unlabelled: skip multi-label rows with no label set.
+    :ivar skip_unlabelled: skip multi-label rows with no label set (``false``: score them as all-zero
+        label vectors, as the Cell-DINO HPAone evaluation does). Recorded in the result's ``labels`` block.
+    :ivar classes: a fixed class (label) list in index order, e.g. a published label set: class ``i`` of
+        the result is ``classes[i]`` whatever the data holds, multi-label vectors have ``len(classes)``
+        entries, and classes absent from the data still count in the fixed-set metrics
+        (``mean_per_class_*_f1``). Empty: the classes present, sorted by name (or the ``label_columns``
+        order). A label outside the list is an error.
     """
 
     label_column: str = ""
     label_separator: str | None = None
     label_columns: list[str] = field(default_factory=list)
     skip_unlabelled: bool = True
+    classes: list[str] = field(default_factory=list)
 
 
 def resolve_labels(settings: LabelSettings, metadata: pd.DataFrame, context: EvalContext, key: str) -> EvalLabels:
-    """Labels of ``metadata`` from ``settings``, else from the context's (dataset's) label columns.
+    """Labels of ``metadata`` from ``settings``, else from the context's (dataset's) label columns; with
+    ``settings.classes``, re-indexed to that fixed list (:func:`fix_classes`).
 
-    :raises cellssl.errors.ConfigError: naming ``<key>.label_column`` when no label column is known.
-    :raises cellssl.errors.DataError: for a missing column or unusable labels.
+    :raises cellssl.errors.ConfigError: naming ``<key>.label_column`` when no label column is known, or
+        ``<key>.classes`` when it lists a class twice.
+    :raises cellssl.errors.DataError: for a missing column, unusable labels, or a label outside ``classes``.
     """
     if settings.label_columns or settings.label_column:
         column, separator, columns = settings.label_column, settings.label_separator, settings.label_columns
@@ -57,13 +67,50 @@ def resolve_labels(settings: LabelSettings, metadata: pd.DataFrame, context: Eva
     else:
         column = context.label_columns[0] if context.label_columns else ""
         separator, columns = context.label_separator, []
-    return labels_from_metadata(metadata, column, separator, columns,
-                                skip_unlabelled=settings.skip_unlabelled, key=key)
+    labels = labels_from_metadata(metadata, column, separator, columns,
+                                  skip_unlabelled=settings.skip_unlabelled, key=key)
+    return fix_classes(labels, settings.classes, key) if settings.classes else labels
 
 
-def labels_summary(labels: EvalLabels, rows_total: int) -> dict[str, Any]:
-    """The ``labels`` block of a result: source columns, names, rows used and skipped."""
-    return {
+def fix_classes(labels: EvalLabels, classes: Sequence[str], key: str) -> EvalLabels:
+    """``labels`` re-indexed to the fixed list ``classes``: class / label ``i`` becomes ``classes[i]``.
+
+    Multi-class indices are mapped by name; multi-label columns are moved to their position in
+    ``classes`` (labels of the list that the data never holds are all-zero columns).
+
+    :raises ConfigError: naming ``<key>.classes`` when a name is listed twice.
+    :raises DataError: naming the labels of the data that ``classes`` lacks.
+    """
+    from cellssl.errors import ConfigError, DataError
+
+    fixed = [str(c) for c in classes]
+    if len(set(fixed)) != len(fixed):
+        twice = sorted({c for c in fixed if fixed.count(c) > 1})
+        raise ConfigError(f"{key}.classes", f"lists {twice} more than once; each class has one index")
+    position = {name: i for i, name in enumerate(fixed)}
+    unknown = [n for n in labels.names if n not in position]
+    if labels.multilabel:  # a label of the data that is never set cannot be wrong
+        used = labels.values.astype(bool).any(axis=0)
+        unknown = [n for n, on in zip(labels.names, used, strict=True) if on and n not in position]
+    if unknown:
+        raise DataError(f"labels {unknown[:5]} of the data are not in {key}.classes ({len(fixed)} classes: "
+                        f"{fixed[:3]}...); add them to the list, or fix the label column")
+    if labels.multilabel:
+        values = np.zeros((labels.values.shape[0], len(fixed)), dtype=labels.values.dtype)
+        for column, name in enumerate(labels.names):
+            if name in position:
+                values[:, position[name]] = labels.values[:, column]
+    else:
+        mapping = np.array([position[n] for n in labels.names], dtype=np.int64)
+        values = mapping[labels.values] if labels.values.size else labels.values
+    return dataclasses.replace(labels, values=values, names=fixed)
+
+
+def labels_summary(labels: EvalLabels, rows_total: int, settings: LabelSettings | None = None) -> dict[str, Any]:
+    """The ``labels`` block of a result: source columns, names, rows used and skipped, and (with ``settings``)
+    how rows without any label were treated (``unlabelled_rows``: ``skipped`` / ``kept``, and how many of the
+    rows used are all-zero label vectors) and whether the class list is fixed."""
+    summary: dict[str, Any] = {
         "source": labels.source,
         "names": labels.names,
         "rows_total": int(rows_total),
@@ -71,6 +118,12 @@ def labels_summary(labels: EvalLabels, rows_total: int) -> dict[str, Any]:
         "rows_missing_label": labels.missing,
         "rows_without_any_label": labels.unlabelled,
     }
+    if settings is not None:
+        summary["fixed_classes"] = bool(settings.classes)
+        if labels.multilabel:
+            summary["unlabelled_rows"] = "skipped" if settings.skip_unlabelled else "kept"
+            summary["rows_used_without_any_label"] = int((labels.values.sum(axis=1) == 0).sum())
+    return summary
 
 
 @dataclass
@@ -116,9 +169,9 @@ def classification_scores(y_true: Any, y_pred: Any, multilabel: bool) -> dict[st
 
     Multi-class (``(n,)`` indices): ``f1``, ``recall``, ``precision`` (macro over the classes present in
     the truth or the predictions, ``zero_division=0``), ``balanced_accuracy`` (mean recall over the
-    classes of the truth) and ``accuracy``. Multi-label (``(n, L)`` 0/1): ``f1`` (macro over the labels
-    true or predicted at least once; equal to ``mean_per_class_multilabel_f1``), ``recall``,
-    ``precision`` (macro, same labels), ``micro_f1`` and ``subset_accuracy``.
+    classes of the truth) and ``accuracy``. Multi-label (``(n, L)`` 0/1): ``f1`` (macro over all ``L``
+    labels, a label never true nor predicted scoring 0; equal to ``mean_per_class_multilabel_f1``),
+    ``recall``, ``precision`` (macro, same labels), ``micro_f1`` and ``subset_accuracy``.
 
     :raises ValueError: on empty or mismatched inputs.
     """
@@ -129,10 +182,8 @@ def classification_scores(y_true: Any, y_pred: Any, multilabel: bool) -> dict[st
         raise ValueError(f"truth and predictions must be non-empty and of equal shape, got {truth.shape}, {pred.shape}")
     if multilabel:
         truth, pred = truth.astype(np.int8), pred.astype(np.int8)
-        scored = np.flatnonzero(truth.any(axis=0) | pred.any(axis=0))
-        precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=scored, zero_division=0)
-        if scored.size == 0:
-            precision = recall = f1 = np.zeros(1)
+        every = np.arange(truth.shape[1])
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=every, zero_division=0)
         return {
             "f1": float(np.mean(f1)),
             "recall": float(np.mean(recall)),

@@ -236,7 +236,7 @@ class CrossValidationEvaluator(Evaluator):
             "metrics": metrics,
             "table": rows,
             "folds": fold_records,
-            "labels": labels_summary(labels, len(table)),
+            "labels": labels_summary(labels, len(table), cfg),
             "split": {"mode": mode, "folds": len(folds), "group_column": cfg.group_column, "rows": len(metadata),
                       "train_rows": [r["train_rows"] for r in fold_records],
                       "test_rows": [r["test_rows"] for r in fold_records]},

@@ -279,7 +279,7 @@ class KNNEvaluator(Evaluator):
             "metrics": metrics,
             "table": rows,
             "per_k": per_k,
-            "labels": labels_summary(labels, len(table)),
+            "labels": labels_summary(labels, len(table), cfg),
             "split": split_summary(cfg.split.mode, cfg.split.column, metadata, train_idx, test_idx),
             "embedding_dim": table.dim,
             "config": dataclasses.asdict(cfg),

@@ -113,10 +113,10 @@ class LinearProbe:
         return out
 
     def predict(self, x: Any) -> np.ndarray:
-        """``(n,)`` int64 class indices (argmax), or ``(n, L)`` int8 0/1 (probability ``>= 0.5``)."""
+        """``(n,)`` int64 class indices (argmax), or ``(n, L)`` int8 0/1 (probability ``> 0.5``, torchmetrics' rule)."""
         scores = self.predict_scores(x)
         if self.multilabel:
-            return (scores >= THRESHOLD).astype(np.int8)
+            return (scores > THRESHOLD).astype(np.int8)
         return scores.argmax(axis=1).astype(np.int64)
 
 

@@ -209,7 +209,7 @@ class LinearEvaluator(Evaluator):
             "metrics": {name: report[name] for name in names},
             "chosen": _chosen(probe),
             "grid": probe.grid,
-            "labels": labels_summary(labels, len(table)),
+            "labels": labels_summary(labels, len(table), cfg),
             "split": split,
             "embedding_dim": table.dim,
             "config": dataclasses.asdict(cfg),

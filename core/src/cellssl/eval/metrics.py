@@ -1,10 +1,20 @@
 """Classification metrics on top of scikit-learn, returned as plain JSON-serialisable dicts.
 
-Conventions shared by both functions:
+Conventions:
 
-- Macro averages are taken over the classes (labels) that occur in the ground truth or in the
-  predictions; a class absent from both cannot be scored and is left out (``num_classes_scored`` says
-  how many were averaged). ``zero_division=0``: a class predicted but never true has precision 0.
+- ``mean_per_class_multilabel_f1`` and ``mean_per_class_multiclass_f1`` are computed as the DINOv2 /
+  Cell-DINO evaluations compute them with the torchmetrics version they pin (0.10.3):
+  ``MultilabelF1Score(num_labels=L, average="macro")`` / ``MulticlassF1Score(num_classes=C,
+  average="macro")`` are the plain mean of the per-label (per-class) F1 over **all** ``L`` labels (``C``
+  classes) of the fixed label set, where a label with no true positive, no false positive and no false
+  negative (never true, never predicted) scores F1 = 0 and still counts in the mean (torchmetrics'
+  ``_safe_divide`` turns 0/0 into 0, and version 0.10.3 weighs every label 1 in the macro mean).
+  Multi-label predictions are ``score > threshold`` (strictly greater, as torchmetrics).
+- ``macro_f1`` (multi-class) is scikit-learn's macro F1 over the classes that occur in the ground truth
+  or in the predictions (``num_classes_scored`` says how many), the blood-cell fork's figure;
+  ``macro_f1`` (multi-label) equals ``mean_per_class_multilabel_f1`` (scikit-learn's multi-label macro
+  F1 also averages every column); ``macro_f1_present_labels`` is the multi-label mean over only the labels
+  true or predicted at least once. ``zero_division=0`` everywhere.
 - Per-class reports are keyed by class name (``str``); values are Python floats / ints.
 """
 
@@ -54,8 +64,10 @@ def multiclass_metrics(
         ``str(label)``.
     :param per_class: include ``per_class``: name -> precision, recall, f1, support.
     :return: ``{"task": "multiclass", "n", "accuracy", "balanced_accuracy", "macro_f1",
-        "num_classes_scored", "per_class"?}``. Balanced accuracy is the mean recall over the classes
-        present in ``y_true``.
+        "mean_per_class_multiclass_f1", "num_classes_scored", "num_classes", "per_class"?}``. Balanced
+        accuracy is the mean recall over the classes present in ``y_true``.
+        ``mean_per_class_multiclass_f1`` averages over all ``len(class_names)`` classes (absent ones
+        score 0, see the module docstring); without ``class_names``, over the labels seen.
     :raises ValueError: on empty or mismatched inputs, or class indices outside ``class_names``.
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
@@ -84,13 +96,17 @@ def multiclass_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
+    every = np.arange(len(class_names)) if class_names is not None else labels
+    all_f1 = precision_recall_fscore_support(y_true, y_pred, labels=every, zero_division=0)[2]
     result: dict[str, Any] = {
         "task": "multiclass",
         "n": int(y_true.size),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced),
         "macro_f1": float(np.mean(f1)),
+        "mean_per_class_multiclass_f1": float(np.mean(all_f1)),
         "num_classes_scored": len(labels),
+        "num_classes": len(every),
     }
     if per_class:
         result["per_class"] = _report(precision, recall, f1, support, names)
@@ -108,13 +124,15 @@ def multilabel_metrics(
 
     :param y_true: ``(n, L)`` 0/1 (or bool) indicator matrix.
     :param y_score: ``(n, L)`` scores (probabilities, vote fractions) or 0/1 predictions; label ``l``
-        is predicted for a row when ``score >= threshold``.
+        is predicted for a row when ``score > threshold`` (torchmetrics' rule).
     :param label_names: ``L`` names (default ``"0"..``).
     :param threshold: decision threshold, 0.5 by default.
     :param per_label: include ``per_label``: name -> precision, recall, f1, support.
-    :return: ``{"task": "multilabel", "n", "mean_per_class_multilabel_f1", "macro_f1" (the same
-        value), "micro_f1", "subset_accuracy", "num_labels_scored", "per_label"?}``. The macro mean is
-        over the labels that are true or predicted at least once; micro F1 pools every label.
+    :return: ``{"task": "multilabel", "n", "threshold", "mean_per_class_multilabel_f1", "macro_f1" (the
+        same value), "macro_f1_present_labels", "micro_f1", "subset_accuracy", "num_labels",
+        "num_labels_scored", "per_label"?}``. ``mean_per_class_multilabel_f1`` is the mean over all ``L``
+        labels (see the module docstring); ``macro_f1_present_labels`` the mean over the
+        ``num_labels_scored`` labels true or predicted at least once; micro F1 pools every label.
     :raises ValueError: on empty or mismatched inputs, or ``y_true`` values other than 0/1.
     """
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
@@ -130,21 +148,23 @@ def multilabel_metrics(
     if not np.isin(y_true, (0, 1)).all():
         raise ValueError("y_true of a multi-label task must hold only 0/1 (or bool) values")
     truth = y_true.astype(np.int8)
-    pred = (y_score >= threshold).astype(np.int8)
+    pred = (y_score > threshold).astype(np.int8)
     names = _names(truth.shape[1], label_names, "label")
     scored = np.flatnonzero(truth.any(axis=0) | pred.any(axis=0))
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, pred, labels=np.arange(truth.shape[1]), zero_division=0
     )
-    macro = float(np.mean(f1[scored])) if scored.size else 0.0
+    macro = float(np.mean(f1)) if f1.size else 0.0
     result: dict[str, Any] = {
         "task": "multilabel",
         "n": int(truth.shape[0]),
         "threshold": float(threshold),
         "mean_per_class_multilabel_f1": macro,
         "macro_f1": macro,
+        "macro_f1_present_labels": float(np.mean(f1[scored])) if scored.size else 0.0,
         "micro_f1": float(f1_score(truth, pred, average="micro", zero_division=0)),
         "subset_accuracy": float(accuracy_score(truth, pred)),
+        "num_labels": int(truth.shape[1]),
         "num_labels_scored": int(scored.size),
     }
     if per_label:

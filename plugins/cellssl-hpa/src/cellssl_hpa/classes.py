@@ -1,7 +1,8 @@
 """Label sets and channels of the published HPA tables (standard library only).
 
-The names are the column names of the published CSVs; their order is the class index order the
-Cell-DINO evaluations use.
+The names are the column names of the published CSVs; their order is the class index order of Cell-DINO's
+loaders (``dinov2/data/datasets/cell_dino/hpaone.py`` and ``hpafov.py``): the index of a localisation class
+in a label vector, and of a cell line in ``cell_type`` mode.
 """
 
 from __future__ import annotations
@@ -63,4 +64,5 @@ PROTEIN = "protein"
 
 LOCALIZATION_COLUMN = "protein_localization"  # derived: the row's classes joined by "|"
 CELL_TYPE_COLUMN = "cell_type"
+CELL_TYPE_INDEX_COLUMN = "cell_type_index"  # derived: position of the cell line in the published list, -1 if none
 SPLIT_COLUMN = "split"

@@ -6,9 +6,17 @@ Splits (both datasets):
 - ``labelled``: both, with a ``split`` column (``train`` / ``test``) for the evaluators' column split;
 - ``ssl``: every image published for self-supervised training (no labels).
 
-Modes: ``protein_localization`` (multi-label; the label columns are the class columns; rows without
-any class are dropped) and ``cell_type`` (multi-class on the ``cell_type`` column; rows without a known
-cell line are dropped).
+Modes: ``protein_localization`` (multi-label; the label columns are the class columns, always the
+published fixed list of 19 / 28 in its published order) and ``cell_type`` (multi-class on the
+``cell_type`` column; ``cell_type_index`` is the line's position in the published fixed list).
+
+Rows without a label (``unlabelled``): ``published`` (default) does what Cell-DINO's loaders do:
+HPAone keeps every row (a row without a class is an all-zero label vector); HPA-FoV drops the rows
+without a class in mode ``protein_localization`` and keeps every row in mode ``cell_type``; the Kaggle
+layout drops rows without a class. ``keep`` keeps every row, ``drop`` drops the rows without a label of
+``mode``. A kept row without a known cell line has an empty ``cell_type`` (the published loaders give it
+index 0, i.e. the first line of the list, for HPAone and NaN for HPA-FoV; cellssl's evaluators skip it as
+a missing label and count it).
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ SPLITS = ("train", "test", "labelled", "ssl")
 MODES = ("protein_localization", "cell_type")
 LAYOUTS = ("cell_dino", "kaggle")
 CHECK_FILES = ("exists", "decode", "none")
+UNLABELLED = ("published", "keep", "drop")
 
 
-def _check_common(split: str, mode: str, check_files: str, limit: int | None, root: str) -> None:
+def _check_common(split: str, mode: str, check_files: str, limit: int | None, root: str,
+                  unlabelled: str = "published") -> None:
     if not str(root).strip():
         raise ValueError("root is required: the folder of the HPA data as published")
     if split not in SPLITS:
@@ -32,6 +42,8 @@ def _check_common(split: str, mode: str, check_files: str, limit: int | None, ro
         raise ValueError(f"check_files must be one of {CHECK_FILES}, got {check_files!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or null, got {limit}")
+    if unlabelled not in UNLABELLED:
+        raise ValueError(f"unlabelled must be one of {UNLABELLED}, got {unlabelled!r}")
 
 
 @dataclass
@@ -49,6 +61,8 @@ class HPASingleCellConfig:
     :ivar bit_depth: of the PNGs (``dtype``: their own 8 or 16 bits).
     :ivar check_files: ``exists``, ``decode`` or ``none``.
     :ivar limit: keep only the first ``limit`` rows.
+    :ivar unlabelled: ``published`` (keep every row, as Cell-DINO's HPAone loader), ``keep`` or ``drop``
+        (see the module docstring).
     """
 
     root: str
@@ -62,9 +76,10 @@ class HPASingleCellConfig:
     bit_depth: str = "dtype"
     check_files: str = "exists"
     limit: int | None = None
+    unlabelled: str = "published"
 
     def __post_init__(self) -> None:
-        _check_common(self.split, self.mode, self.check_files, self.limit, self.root)
+        _check_common(self.split, self.mode, self.check_files, self.limit, self.root, self.unlabelled)
 
 
 @dataclass
@@ -72,7 +87,9 @@ class HPAFovConfig:
     """The YAML block ``data: {name: hpa_fov, root: ...}``: HPA fields of view.
 
     Layout ``cell_dino`` (HPA-FoV as published with Cell-DINO): 4-channel 512 px PNGs in ``images`` and
-    the CSVs ``train_csv`` / ``test_csv`` (``file``, ``cell_type``, one True/False column per class).
+    the CSVs ``train_csv`` / ``test_csv`` (``file``, ``cell_type``, one True/False column per class). A
+    row's image is ``<images>/<file name of 'file'>``, else ``<images>/<that name up to its first '.'>.tiff``
+    (the published loader's fallback).
     Layout ``kaggle`` (Human Protein Atlas Image Classification, 2018): ``kaggle_csv`` (``Id``, ``Target``
     = class indices separated by spaces) and one grey PNG per channel, ``<Id>_red|green|blue|yellow.png``,
     in ``kaggle_train``; the test images (``kaggle_test``) have no published labels and serve ``ssl`` only.
@@ -86,6 +103,8 @@ class HPAFovConfig:
     :ivar kaggle_test: its test images (``ssl`` split only).
     :ivar bit_depth: :ivar check_files: :ivar limit: as for ``hpa_single_cell``.
     :ivar extensions: image suffixes listed for the ``ssl`` split of the ``cell_dino`` layout.
+    :ivar unlabelled: ``published`` (HPA-FoV: drop rows without a class in mode ``protein_localization``,
+        keep every row in mode ``cell_type``; Kaggle: drop rows without a class), ``keep`` or ``drop``.
     """
 
     root: str
@@ -102,9 +121,10 @@ class HPAFovConfig:
     check_files: str = "exists"
     limit: int | None = None
     extensions: list[str] = field(default_factory=lambda: [".png", ".tif", ".tiff"])
+    unlabelled: str = "published"
 
     def __post_init__(self) -> None:
-        _check_common(self.split, self.mode, self.check_files, self.limit, self.root)
+        _check_common(self.split, self.mode, self.check_files, self.limit, self.root, self.unlabelled)
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.layout == "kaggle" and self.split == "test":

@@ -6,13 +6,25 @@ the original columns, plus ``path`` (the image, relative to ``root``; for the Ka
 
 - ``protein_localization``: the row's classes joined by ``|`` (empty when none), for evaluators'
   ``label_column: protein_localization, label_separator: "|"``;
-- ``cell_type``: the cell line (HPAone: the one-hot column that is true; HPA-FoV: its ``cell_type``).
+- ``cell_type``: the cell line (HPAone: the one-hot column that is true; HPA-FoV: its ``cell_type`` when it
+  is one of the 35 published lines), empty when none;
+- ``cell_type_index``: the line's position in the published fixed list (``SINGLE_CELL_LINES`` /
+  ``FOV_CELL_LINES``), -1 when none; the dataset's ``classes`` keep the names in that order.
+
+The class columns are always the whole published list (19 HPAone classes, 28 Kaggle classes, in the
+published order), whatever classes a split holds. Which rows without a label are kept is the config's
+``unlabelled`` option (default ``published``: what Cell-DINO's loaders keep; see :mod:`cellssl_hpa.config`).
 
 Images have four channels, ``microtubules, protein, dna, er`` (the published ``nucleus`` is the shared
 vocabulary's ``dna``): the R, G, B, A planes of a 4-channel PNG, a grey tape of four square channels, or
 Kaggle's ``_red``, ``_green``, ``_blue``, ``_yellow`` files. A row's image is ``<images>/<file name of its
-'file' value>`` (the CSVs hold paths of the authors' machines); HPA-FoV images missing under that name
-are looked up as ``<stem>_blue.png`` as the published loader does.
+'file' value>`` (the CSVs hold paths of the authors' machines); an HPA-FoV image missing under that name is
+looked up as ``<that name up to its first '.'>.tiff``, the published loader's fallback.
+
+Where cellssl differs from the published loaders (on purpose): a label cell other than True/False
+(1/0, yes/no and empty cells are read too) is an error naming the file, row and column, where the published
+loaders read anything but the text ``True`` as false; an HPAone row marking two cell lines is an error, where
+the published loader silently keeps the last one in list order.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from cellssl.data.table import TableDataset, TableDatasetConfig, read_table
 from cellssl.errors import DataError
 from cellssl_hpa.classes import (
     CELL_TYPE_COLUMN,
+    CELL_TYPE_INDEX_COLUMN,
     CHANNELS,
     FOV_CELL_LINES,
     FOV_CLASSES,
@@ -121,23 +134,45 @@ def _one_hot_cell_type(frame: pd.DataFrame, lines: tuple[str, ...], source: str)
     if several.size:
         row = int(several[0])
         raise DataError(f"{source}: data row {row + 1} marks several cell lines "
-                        f"{[c for c, on in zip(present, matrix[row]) if on]}; the cell-line columns are one-hot")
+                        f"{[c for c, on in zip(present, matrix[row]) if on]}; the cell-line columns are one-hot "
+                        "(one cell comes from one line). cellssl refuses the row rather than guess: the published "
+                        "loader would silently keep the last marked line. Fix the row in the CSV.")
     names = np.array(present, dtype=object)[matrix.argmax(axis=1)]
     return pd.Series(np.where(matrix.any(axis=1), names, None), index=frame.index, dtype=object)
 
 
-def _keep_labelled(frame: pd.DataFrame, mode: str, source: str) -> pd.DataFrame:
+def unlabelled_policy(dataset: str, mode: str, unlabelled: str) -> str:
+    """``keep`` or ``drop``: what happens to rows without a label of ``mode`` (``published``: Cell-DINO's
+    loaders, see :mod:`cellssl_hpa.config`). ``dataset`` is ``single_cell``, ``fov`` or ``kaggle``."""
+    if unlabelled != "published":
+        return unlabelled
+    if dataset == "single_cell":
+        return "keep"
+    return "keep" if mode == "cell_type" else "drop"
+
+
+def _keep_labelled(frame: pd.DataFrame, mode: str, source: str, policy: str) -> pd.DataFrame:
     if mode == "protein_localization":
-        keep = frame[LOCALIZATION_COLUMN] != ""
+        labelled = frame[LOCALIZATION_COLUMN] != ""
         what = "no protein-localisation class"
     else:
-        keep = frame[CELL_TYPE_COLUMN].notna()
+        labelled = frame[CELL_TYPE_COLUMN].notna()
         what = "no known cell line"
-    if not keep.all():
-        logger.info("%s: dropped %d of %d rows with %s (mode %s)", source, int((~keep).sum()), len(frame), what, mode)
-    if not keep.any():
+    if not labelled.any():
         raise DataError(f"{source}: no row has a label for mode '{mode}'")
-    return frame[keep].reset_index(drop=True)
+    if labelled.all():
+        return frame
+    if policy == "keep":
+        logger.info("%s: kept %d of %d rows with %s (mode %s, unlabelled: keep)", source, int((~labelled).sum()),
+                    len(frame), what, mode)
+        return frame
+    logger.info("%s: dropped %d of %d rows with %s (mode %s)", source, int((~labelled).sum()), len(frame), what, mode)
+    return frame[labelled].reset_index(drop=True)
+
+
+def _cell_type_index(lines: pd.Series, published: tuple[str, ...]) -> list[int]:
+    position = {name: i for i, name in enumerate(published)}
+    return [position.get(value, -1) if isinstance(value, str) else -1 for value in lines]
 
 
 def _file_names(frame: pd.DataFrame, source: str) -> pd.Series:
@@ -168,15 +203,18 @@ def single_cell_table(config: HPASingleCellConfig) -> tuple[pd.DataFrame, str]:
     for split, path in tables:
         frame = _localizations(read_table(path), SINGLE_CELL_CLASSES, str(path))
         frame[CELL_TYPE_COLUMN] = _one_hot_cell_type(frame, SINGLE_CELL_LINES, str(path))
+        frame[CELL_TYPE_INDEX_COLUMN] = _cell_type_index(frame[CELL_TYPE_COLUMN], SINGLE_CELL_LINES)
         frame["path"] = [f"{config.images}/{name}" for name in _file_names(frame, str(path))]
         frame[SPLIT_COLUMN] = split
-        frames.append(_keep_labelled(frame, config.mode, str(path)))
+        policy = unlabelled_policy("single_cell", config.mode, config.unlabelled)
+        frames.append(_keep_labelled(frame, config.mode, str(path), policy))
     return pd.concat(frames, ignore_index=True), " + ".join(str(p) for _, p in tables)
 
 
 def _fov_path(root: Path, images: str, name: str) -> str:
+    """``<images>/<name>``, else the published loader's fallback ``<images>/<name up to its first '.'>.tiff``."""
     if not (root / images / name).is_file():
-        alternative = f"{PurePosixPath(name).stem.split('.')[0]}_blue.png"
+        alternative = f"{name.split('.')[0]}.tiff"
         if (root / images / alternative).is_file():
             return f"{images}/{alternative}"
     return f"{images}/{name}"
@@ -203,9 +241,11 @@ def fov_table(config: HPAFovConfig) -> tuple[pd.DataFrame, str]:
         frame = _localizations(read_table(path), FOV_CLASSES, str(path))
         _require(frame, [CELL_TYPE_COLUMN], str(path), "cell-line")
         frame[CELL_TYPE_COLUMN] = frame[CELL_TYPE_COLUMN].where(frame[CELL_TYPE_COLUMN].isin(FOV_CELL_LINES), None)
+        frame[CELL_TYPE_INDEX_COLUMN] = _cell_type_index(frame[CELL_TYPE_COLUMN], FOV_CELL_LINES)
         frame["path"] = [_fov_path(root, config.images, name) for name in _file_names(frame, str(path))]
         frame[SPLIT_COLUMN] = split
-        frames.append(_keep_labelled(frame, config.mode, str(path)))
+        policy = unlabelled_policy("fov", config.mode, config.unlabelled)
+        frames.append(_keep_labelled(frame, config.mode, str(path), policy))
     return pd.concat(frames, ignore_index=True), " + ".join(str(p) for _, p in tables)
 
 
@@ -243,7 +283,8 @@ def _kaggle_table(config: HPAFovConfig) -> tuple[pd.DataFrame, str]:
     for column, paths in _kaggle_paths(config.kaggle_train, ids).items():
         frame[column] = paths
     frame[SPLIT_COLUMN] = "train"
-    return _keep_labelled(frame, "protein_localization", source), source
+    policy = unlabelled_policy("kaggle", "protein_localization", config.unlabelled)
+    return _keep_labelled(frame, "protein_localization", source, policy), source
 
 
 def _check_files(dataset: HPADataset, how_to_get: str) -> None:
