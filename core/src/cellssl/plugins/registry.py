@@ -30,8 +30,10 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "chammi_cp": "cellssl-chammi",
         "chammi": "cellssl-chammi",
         "jumpcp": "cellssl-jumpcp",
+        "jump_sites": "cellssl-jumpcp",
+        "jump_cells": "cellssl-jumpcp",
     },
-    "evaluator": {"chammi": "cellssl-chammi"},
+    "evaluator": {"chammi": "cellssl-chammi", "jump_map": "cellssl-jumpcp"},
     "download": {"chammi": "cellssl-chammi", "hpa": "cellssl-hpa"},
 }
 
