@@ -8,10 +8,18 @@ Accepted files (always read with ``torch.load(weights_only=True)``):
   checkpoints ``{"model": {...}, "optimizer": ...}`` and cellssl's own ``checkpoints/{last,final}.pt``);
 - keys prefixed ``teacher.backbone.`` (preferred), ``student.backbone.``, ``backbone.`` or ``module.``
   (stripped repeatedly, so ``module.backbone.`` works too);
+- ``key_prefix`` picks another part explicitly: it is matched against the full dotted paths of the
+  nested dicts first (``student.module.backbone.`` in a DINO v1 checkpoint; ``student.backbone.`` too,
+  since the ``module.`` of DistributedDataParallel may be left out), then against the keys of the
+  automatically chosen state dict (``student.backbone.`` inside DINOv2's ``model`` entry);
 - DINOv2 ``block_chunks`` layout ``blocks.<chunk>.<i>.`` (un-nested to ``blocks.<i>.``, ``i`` global).
 
 A ``pos_embed`` whose grid differs from the model's is resized with the model's own interpolation.
 A checkpoint that lacks only ``mask_token`` (DINO v1 models) loads with the model's zero mask token.
+
+:func:`read_checkpoint_file` is the one reader: an empty, truncated or damaged file, or one that stores
+Python objects ``weights_only=True`` refuses, is a :class:`~cellssl.errors.CheckpointError` naming the file,
+what is wrong with it (the refused global, e.g. ``numpy.core.multiarray._reconstruct``) and what to do.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,10 @@ logger = logging.getLogger(__name__)
 NESTING_KEYS: tuple[str, ...] = ("teacher", "model", "state_dict", "student", "objective")
 PREFIXES: tuple[str, ...] = ("teacher.backbone.", "student.backbone.", "backbone.", "module.")
 OPTIONAL_KEYS: frozenset[str] = frozenset({"mask_token"})
+DDP_SEGMENT = "module"
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _SHOW = 5
 
 
@@ -48,16 +60,66 @@ def _is_state_dict(obj: Mapping[str, Any]) -> bool:
     return any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Tensors of nested mappings keyed by their dotted path (``{"a": {"b": t}}`` -> ``{"a.b": t}``)."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            out[path] = value
+        elif isinstance(value, Mapping):
+            out.update(_flatten(value, f"{path}."))
+    return out
+
+
+def _without_ddp(path: str) -> str:
+    """``path`` without its ``module`` segments (the DistributedDataParallel wrapper)."""
+    return ".".join(part for part in path.split(".") if part != DDP_SEGMENT)
+
+
+def _select_prefix(state: Mapping[str, Any], key_prefix: str) -> dict[str, Any]:
+    return {k[len(key_prefix) :]: v for k, v in state.items() if k.startswith(key_prefix)}
+
+
+def _select_nested_prefix(obj: Any, key_prefix: str) -> dict[str, Any]:
+    """Tensors whose full dotted path starts with ``key_prefix`` (literally, else ignoring ``module.``)."""
+    if not isinstance(obj, Mapping):
+        return {}
+    flat = _flatten(obj)
+    selected = _select_prefix(flat, key_prefix)
+    if selected:
+        return selected
+    trailing = key_prefix.endswith(".")
+    bare = _without_ddp(key_prefix[:-1] if trailing else key_prefix) + ("." if trailing else "")
+    selected = {}
+    for path, value in flat.items():
+        plain = _without_ddp(path)
+        if plain.startswith(bare):
+            rest = plain[len(bare) :]
+            if rest in selected:
+                return {}  # ambiguous without module. (both wrapped and unwrapped copies): not a match
+            selected[rest] = value
+    return selected
+
+
 def extract_state_dict(obj: Any, *, key_prefix: str | None = None, source: str = "checkpoint") -> dict[str, Any]:
     """The backbone's state dict inside a loaded checkpoint object (see the module docstring).
 
     :param obj: what ``torch.load`` returned.
-    :param key_prefix: if given, keep only keys starting with it (after un-nesting) and strip it;
-        automatic prefix stripping is then skipped.
+    :param key_prefix: if given, keep only the tensors under it and strip it: it is matched against the
+        full dotted paths of the nested dicts (``student.module.backbone.``; ``module.`` segments may be
+        left out), else against the keys of the state dict found by un-nesting. Automatic prefix stripping
+        is then skipped.
     :param source: name of the file, for error messages.
     :return: tensors keyed by the model's parameter / buffer names (non-tensor entries dropped).
     :raises CheckpointError: if no state dict is found or no key has ``key_prefix``.
     """
+    if key_prefix is not None:
+        nested = _select_nested_prefix(obj, key_prefix)
+        if nested:
+            logger.debug("%s: using the %d tensors under %r", source, len(nested), key_prefix)
+            return unnest_block_chunks(nested, source=source)
+    original = obj
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
         nested = next((k for k in NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
         if nested is None:
@@ -72,10 +134,12 @@ def extract_state_dict(obj: Any, *, key_prefix: str | None = None, source: str =
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
     if key_prefix is not None:
-        selected = {k[len(key_prefix) :]: v for k, v in state.items() if k.startswith(key_prefix)}
+        selected = _select_prefix(state, key_prefix)
         if not selected:
+            paths = sorted(_flatten(original)) if isinstance(original, Mapping) else sorted(state)
             raise CheckpointError(
-                f"{source}: no key starts with key_prefix {key_prefix!r}; keys look like {_first(sorted(state))}"
+                f"{source}: no key starts with key_prefix {key_prefix!r}; keys look like {_first(paths)}. "
+                "Set key_prefix to the part of these keys before the backbone's own names (ending with '.')"
             )
         state = selected
     else:
@@ -180,6 +244,74 @@ def load_state_dict_checked(
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
+def _refused_globals(path: Path, message: str, allowed: Sequence[Any]) -> list[str]:
+    """The globals ``weights_only=True`` refuses in ``path``: the one torch names first, then any others
+    (except the ``allowed`` ones)."""
+    names = _REFUSED_GLOBAL.findall(message)
+    try:
+        names += torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # an old torch, or a file the scan cannot read: the message's name is enough
+        logger.debug("%s: could not list the unsafe globals", path, exc_info=True)
+    skip = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" for g in allowed}
+    return [name for name in dict.fromkeys(names) if name not in skip]
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed: the ``WeightsUnpickler`` reason or the first sentence of
+    the message, without terminal escape codes, prefixed with the exception type (never empty)."""
+    text = _ANSI.sub("", str(exc)).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text[text.index(marker) + len(marker) :].strip()
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = re.split(r"(?<=\.)\s", line, maxsplit=1)[0].rstrip(".")  # its first sentence
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def read_checkpoint_file(
+    path: str | os.PathLike[str], *, remedy: str, safe_globals: Sequence[Any] = (), what: str = "checkpoint"
+) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors a user can act on.
+
+    :param path: the file.
+    :param remedy: what the user should do with a damaged file (one sentence, ends the message).
+    :param safe_globals: extra globals to allow (plain attribute bags such as ``argparse.Namespace``).
+    :param what: what the file is, for the messages (``checkpoint``, ``training checkpoint``).
+    :return: the loaded object.
+    :raises CheckpointError: one paragraph naming ``path``: missing, empty (0 bytes), truncated or damaged
+        (its size and torch's reason), or storing a Python object that ``weights_only=True`` refuses (the
+        refused globals by name, e.g. ``numpy.core.multiarray._reconstruct``, ``__main__.Config``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(
+            f"{path}: the {what} is empty (0 bytes): the write or copy that produced it did not finish. {remedy}"
+        )
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_globals(path, _ANSI.sub("", str(exc)), safe_globals)
+        if refused:
+            raise CheckpointError(
+                f"{path}: cannot be read with torch.load(weights_only=True): the {what} stores the Python "
+                f"object(s) {', '.join(refused)}, which cellssl does not unpickle (that could run arbitrary "
+                "code). Only tensors and plain containers are accepted: load the file where that class exists, "
+                "keep the tensors (e.g. `torch.save(checkpoint['model'], 'weights.pt')`) and point cellssl at "
+                "the new file."
+            ) from None
+        reason = describe_load_error(exc)
+    except Exception as exc:
+        reason = describe_load_error(exc)
+    raise CheckpointError(
+        f"{path}: cannot be read with torch.load(weights_only=True) ({reason}): the {what} ({size} bytes) is "
+        f"truncated or damaged (e.g. an interrupted copy or download), or not a file written by torch.save. {remedy}"
+    )
+
+
 def load_backbone_weights(
     model: nn.Module, path: str | os.PathLike[str], *, key_prefix: str | None = None, strict: bool = True
 ) -> None:
@@ -187,24 +319,20 @@ def load_backbone_weights(
 
     :param model: the backbone (e.g. a :class:`cellssl.models.vit.VisionTransformer`).
     :param path: a checkpoint in one of the layouts of the module docstring.
-    :param key_prefix: select keys under this prefix (e.g. ``"student.backbone."``) instead of the
-        automatic choice (teacher first).
+    :param key_prefix: select the tensors under this prefix (e.g. ``"student.backbone."``) instead of the
+        automatic choice (teacher first); see :func:`extract_state_dict`.
     :param strict: see :func:`load_state_dict_checked`.
-    :raises CheckpointError: if the file is missing or unreadable with ``weights_only=True``, or does
-        not match the model; the message names the file and the offending keys.
+    :raises CheckpointError: if the file is missing, empty, damaged or unreadable with ``weights_only=True``
+        (see :func:`read_checkpoint_file`), or does not match the model; the message names the file and
+        the offending keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        # DINO v1 / Dino4Cells checkpoints store their argparse.Namespace: a plain attribute bag.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True): {str(exc).splitlines()[0]}. "
-            "Only tensors and plain containers are accepted; re-save the state dict with torch.save"
-        ) from exc
+    # DINO v1 / Dino4Cells checkpoints store their argparse.Namespace: a plain attribute bag.
+    obj = read_checkpoint_file(
+        path,
+        safe_globals=[argparse.Namespace],
+        remedy="Download or export the weights again, or point `weights:` at another checkpoint.",
+    )
     state = extract_state_dict(obj, key_prefix=key_prefix, source=str(path))
     load_state_dict_checked(model, state, strict=strict, source=str(path))
     logger.info("loaded %d tensors from %s", len(state), path)

@@ -12,7 +12,9 @@ end of a run) is a dict of tensors and plain Python values only::
      "train": the train section (for reference)}
 
 Writing goes to a temporary file in the same folder which then replaces the target, so a crash never
-leaves a partial checkpoint; the previous one survives until the new one is complete.
+leaves a partial checkpoint; the previous one survives until the new one is complete. The temporary file
+of a write killed mid-way is removed when the run starts again (:func:`remove_stale_temp_checkpoints`).
+An empty or damaged ``last.pt`` (copied in by hand, a full disk) is a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellssl.atomic import atomic_open
+from cellssl.atomic import atomic_open, remove_stale_temp_files
 from cellssl.errors import CheckpointError
+from cellssl.models.checkpoint import read_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ FINAL_CHECKPOINT = "final.pt"
 FORMAT = "cellssl-train-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("step", "epoch", "batch_in_epoch", "objective", "optimizer", "schedules", "rng")
+DAMAGED_REMEDY = "Delete it to restart training from step 0, or restore it from a copy."
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -49,6 +53,17 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint a run resumes from (``checkpoints/last.pt``), or None."""
     path = checkpoint_dir(run_dir) / LAST_CHECKPOINT
     return path if path.is_file() else None
+
+
+def remove_stale_temp_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of checkpoint writes that a killed process left in ``run_dir/checkpoints``.
+
+    Only the atomic writer's temporaries (``.last.pt.<random>.tmp``) older than this process are removed
+    (see :func:`cellssl.atomic.remove_stale_temp_files`); call it from the process that owns the run (rank 0).
+
+    :return: the removed files.
+    """
+    return remove_stale_temp_files(checkpoint_dir(run_dir))
 
 
 def missing_checkpoint_error(run_dir: str | os.PathLike[str]) -> CheckpointError:
@@ -111,19 +126,14 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a training checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
 
-    :raises CheckpointError: if the file is missing, unreadable, or not a complete cellssl training
-        checkpoint; the message names the file.
+    :raises CheckpointError: if the file is missing, empty, truncated or otherwise unreadable (see
+        :func:`cellssl.models.checkpoint.read_checkpoint_file`), or not a complete cellssl training
+        checkpoint; the message names the file and what to do.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"training checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True): {str(exc).splitlines()[0]}. "
-            "The file is damaged or not a cellssl training checkpoint; delete it to start over."
-        ) from exc
+    data = read_checkpoint_file(path, what="training checkpoint", remedy=DAMAGED_REMEDY)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cellssl training checkpoint (no format tag {FORMAT!r}). To embed "
                               "with backbone weights use `weights:`; to train, move the file out of checkpoints/.")

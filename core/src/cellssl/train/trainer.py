@@ -44,7 +44,7 @@ from cellssl.train.checkpointing import (
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
-    missing_checkpoint_error,
+    remove_stale_temp_checkpoints,
     save_checkpoint,
 )
 from cellssl.train.config import TrainSection
@@ -196,13 +196,21 @@ class Trainer:
     def resume(self) -> bool:
         """Restore the state of ``run_dir/checkpoints/last.pt`` if it exists; returns whether it did.
 
-        :raises CheckpointError: if ``train.resume`` is set and there is no checkpoint, or the checkpoint
-            does not fit the configured model.
+        First removes the temporary files of checkpoint writes a killed run left behind (rank 0). Without a
+        checkpoint the run starts from step 0 and says so (a warning when ``train.resume`` asked for one).
+
+        :raises CheckpointError: if the checkpoint is empty, damaged or does not fit the configured model.
         """
+        if self.parallel.is_main:
+            remove_stale_temp_checkpoints(self.run_dir)
         path = latest_checkpoint(self.run_dir)
         if path is None:
+            where = checkpoint_dir(self.run_dir) / LAST_CHECKPOINT
             if self.section.resume:
-                raise missing_checkpoint_error(self.run_dir)
+                logger.warning("train.resume is true but there is no checkpoint to resume from (%s does not "
+                               "exist): starting from step 0", where)
+            else:
+                logger.info("no checkpoint at %s: starting from step 0", where)
             return False
         data = load_checkpoint(path)
         self.parallel.load_objective_state(self.objective, data["objective"], path)
