@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from cellssl_chammi.subsets import SUBSET_KEYS, TASKS, TRAIN
 
 CHECK_FILES = ("exists", "decode", "none")
-CLASSIFIERS = ("knn", "linear")
+CLASSIFIERS = ("knn", "linear", "sgd")
 KNN_METRICS = ("l2", "cosine")
 ZENODO_RECORD = "https://zenodo.org/records/7988357"
 DEFAULT_URL = f"{ZENODO_RECORD}/files/CHAMMI.zip?download=1"
@@ -100,16 +100,42 @@ class ChammiLinearConfig:
 
 
 @dataclass
+class ChammiSgdConfig:
+    """MorphEm's ``sgd`` classifier: ``sklearn.linear_model.SGDClassifier(alpha=0.001, max_iter=100)`` on the raw
+    embeddings (hinge loss, L2 penalty, one-vs-rest), fitted once per seed. MorphEm leaves it unseeded;
+    cellssl fits it once per seed of ``seeds`` (``random_state``) and reports the mean and the population
+    standard deviation over the seeds.
+
+    :ivar alpha: regularisation strength (MorphEm: 0.001). :ivar max_iter: epochs (MorphEm: 100).
+    :ivar seeds: ``random_state`` of each fit; the table holds the mean over them.
+    """
+
+    alpha: float = 0.001
+    max_iter: int = 100
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ValueError(f"sgd.alpha must be > 0, got {self.alpha}")
+        if self.max_iter < 1:
+            raise ValueError(f"sgd.max_iter must be >= 1, got {self.max_iter}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"sgd.seeds must be a non-empty list of distinct integers, got {self.seeds}")
+
+
+@dataclass
 class ChammiEvaluatorConfig:
     """The YAML block ``eval: [{name: chammi, ...}]``: the full CHAMMI protocol.
 
     :ivar root: the CHAMMI folder; empty: the run's ``data.root``.
     :ivar subsets: subsets to evaluate (a missing one leaves its columns empty).
-    :ivar classifiers: ``knn`` (faiss 1-NN) and / or ``linear`` (linear probe).
+    :ivar classifiers: ``knn`` (faiss 1-NN), ``linear`` (linear probe) and / or ``sgd`` (MorphEm's
+        ``SGDClassifier``, mean +/- std over ``sgd.seeds``).
     :ivar knn_metric: ``l2`` (the benchmark's default) or ``cosine``.
     :ivar leave_out_tasks: subset -> its novel-class task, scored leave-one-group-out.
     :ivar group_columns: subset -> the metadata column whose values are the groups of that task.
     :ivar linear: settings of the linear protocol.
+    :ivar sgd: settings of the ``sgd`` classifier.
     :ivar bit_depth: bit depth of the tapes. :ivar check_files: as in the datasets.
     :ivar reuse_embeddings: reuse the run's ``embeddings/`` when they hold a whole subset, and the
         per-subset embeddings cached in ``<run_dir>/chammi_embeddings/`` when the model is unchanged.
@@ -124,6 +150,7 @@ class ChammiEvaluatorConfig:
     leave_out_tasks: dict[str, str] = field(default_factory=lambda: {"hpa": "Task_three", "cp": "Task_four"})
     group_columns: dict[str, str] = field(default_factory=lambda: {"hpa": "cell_type", "cp": "Plate"})
     linear: ChammiLinearConfig = field(default_factory=ChammiLinearConfig)
+    sgd: ChammiSgdConfig = field(default_factory=ChammiSgdConfig)
     bit_depth: str = "dtype"
     check_files: str = "exists"
     reuse_embeddings: bool = True
@@ -133,6 +160,8 @@ class ChammiEvaluatorConfig:
     def __post_init__(self) -> None:
         if isinstance(self.linear, dict):  # built from a plain mapping rather than by omegaconf
             self.linear = ChammiLinearConfig(**self.linear)
+        if isinstance(self.sgd, dict):
+            self.sgd = ChammiSgdConfig(**self.sgd)
         if not self.subsets or any(s not in SUBSET_KEYS for s in self.subsets):
             raise ValueError(f"subsets must name some of {SUBSET_KEYS}, got {self.subsets}")
         if len(set(self.subsets)) != len(self.subsets):

@@ -9,8 +9,9 @@ For each subset of ``subsets`` it
 3. scores every task with every classifier (:mod:`cellssl_chammi.protocol`).
 
 The result JSON (``eval/chammi.json``, written by the runner) holds the table rows (one per classifier:
-``WTC T1`` ... ``CP T4`` and ``mean``), flat metrics (``knn_HPA_T3`` ...), per-task details and the
-subsets' sizes; ``eval/chammi_table.md`` and ``eval/chammi_table.csv`` hold the same table.
+``WTC T1`` ... ``CP T4`` and ``mean``; for ``sgd`` the mean over its seeds), flat metrics (``knn_HPA_T3`` ...,
+``sgd_HPA_T3_std``), per-task details (per seed for ``sgd``) and the subsets' sizes; ``eval/chammi_table.md``
+and ``eval/chammi_table.csv`` hold the same table.
 """
 
 from __future__ import annotations
@@ -83,13 +84,50 @@ class ChammiEvaluator(Evaluator):
             raise RuntimeError(f"embeddings in {out_dir} do not match the rows of CHAMMI {key}")
         return embedded.embeddings, str(out_dir.relative_to(context.run_dir))
 
-    def _classifiers(self) -> dict[str, Any]:
-        from cellssl_chammi.protocol import linear_probe, one_nn
+    def _classifiers(self) -> dict[str, list[Any]]:
+        """Classifier name -> one classifier per fit (``sgd``: one per seed, averaged; the others: one)."""
+        from cellssl_chammi.protocol import linear_probe, one_nn, sgd_classifier
 
         device = str(self._model.device) if self._model is not None else "cpu"
-        makers = {"knn": lambda: one_nn(self.config.knn_metric, self.config.num_threads),
-                  "linear": lambda: linear_probe(self.config.linear, device)}
+        sgd = self.config.sgd
+        makers = {"knn": lambda: [one_nn(self.config.knn_metric, self.config.num_threads)],
+                  "linear": lambda: [linear_probe(self.config.linear, device)],
+                  "sgd": lambda: [sgd_classifier(sgd.alpha, sgd.max_iter, seed) for seed in sgd.seeds]}
         return {name: makers[name]() for name in self.config.classifiers}
+
+    def _score_all(self, fits: list[Any], prepared: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any],
+                                                                            dict[str, float] | None]:
+        """Columns (mean over fits), per-task details and, for several fits, the population std of each column."""
+        from cellssl_chammi.protocol import evaluate_subset
+
+        cfg = self.config
+        per_fit: list[dict[str, float]] = []
+        details: dict[str, Any] = {}
+        for position, classifier in enumerate(fits):
+            columns: dict[str, float] = {}
+            for key, (dataset, embeddings, _) in prepared.items():
+                subset = SUBSETS[key]
+                result = evaluate_subset(embeddings, dataset.metadata, subset, classifier,
+                                         leave_out_task=cfg.leave_out_tasks.get(key),
+                                         group_column=cfg.group_columns.get(key), source=str(dataset.meta_path))
+                for task, score in result.items():
+                    columns[task_label(subset, task)] = score.macro_f1
+                    if position == 0:
+                        entry = dataclasses.asdict(score)
+                        if not cfg.per_class_report:
+                            entry.pop("per_class")
+                        details.setdefault(key, {})[task] = entry
+            per_fit.append(columns)
+        means = {c: float(np.mean([f[c] for f in per_fit])) for c in per_fit[0]}
+        if len(per_fit) == 1:
+            return means, details, None
+        stds = {c: float(np.std([f[c] for f in per_fit])) for c in per_fit[0]}
+        for key, tasks in details.items():
+            for task, entry in tasks.items():
+                column = task_label(SUBSETS[key], task)
+                entry.update(macro_f1=means[column], macro_f1_std=stds[column],
+                             macro_f1_per_seed=[f[column] for f in per_fit])
+        return means, details, stds
 
     def evaluate(self, table: EmbeddingTable | None, context: EvalContext) -> dict[str, Any]:
         """Run the protocol; write the Markdown and CSV tables to ``<run_dir>/eval/``.
@@ -101,7 +139,6 @@ class ChammiEvaluator(Evaluator):
         """
         from cellssl.atomic import atomic_write_text
         from cellssl_chammi.dataset import build_chammi_dataset
-        from cellssl_chammi.protocol import evaluate_subset
         from cellssl_chammi.table import table_row, to_csv, to_markdown
 
         cfg = self.config
@@ -114,26 +151,17 @@ class ChammiEvaluator(Evaluator):
             prepared[key] = (dataset, embeddings, source)
         scores: dict[str, dict[str, dict[str, Any]]] = {}
         rows = []
-        for name, classifier in self._classifiers().items():
-            columns: dict[str, float] = {}
-            scores[name] = {}
-            for key, (dataset, embeddings, _) in prepared.items():
-                subset = SUBSETS[key]
-                leave_out = cfg.leave_out_tasks.get(key)
-                result = evaluate_subset(embeddings, dataset.metadata, subset, classifier,
-                                         leave_out_task=leave_out, group_column=cfg.group_columns.get(key),
-                                         source=str(dataset.meta_path))
-                scores[name][key] = {}
-                for task, score in result.items():
-                    columns[task_label(subset, task)] = score.macro_f1
-                    details = dataclasses.asdict(score)
-                    if not cfg.per_class_report:
-                        details.pop("per_class")
-                    scores[name][key][task] = details
+        spreads: dict[str, dict[str, float]] = {}
+        for name, fits in self._classifiers().items():
+            columns, scores[name], stds = self._score_all(fits, prepared)
             rows.append(table_row("classifier", name, columns))
+            if stds is not None:
+                spreads[name] = stds
         metrics = {f"{row['classifier']}_{column.replace(' ', '_')}": value
                    for row in rows for column, value in row.items()
                    if column not in ("classifier", "tasks_in_mean") and value is not None}
+        for name, stds in spreads.items():
+            metrics.update({f"{name}_{column.replace(' ', '_')}_std": value for column, value in stds.items()})
         eval_dir = Path(context.run_dir) / "eval"
         atomic_write_text(eval_dir / MARKDOWN_FILE, to_markdown(rows))
         atomic_write_text(eval_dir / CSV_FILE, to_csv(rows))
@@ -149,6 +177,7 @@ class ChammiEvaluator(Evaluator):
             "metrics": metrics,
             "scores": scores,
             "subsets": subsets_info,
+            "seeds": {name: {"seeds": list(cfg.sgd.seeds), "std": stds} for name, stds in spreads.items()},
             "files": {"markdown": f"eval/{MARKDOWN_FILE}", "csv": f"eval/{CSV_FILE}"},
             "config": dataclasses.asdict(cfg),
             "identity": dict(context.identity),

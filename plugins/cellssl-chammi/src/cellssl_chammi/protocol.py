@@ -2,8 +2,9 @@
 
 For a subset with metadata ``meta`` (``enriched_meta.csv`` rows) and embeddings ``x`` (row-aligned):
 
-- classes: every distinct ``Label`` of the subset, sorted; the classifier is fitted on the rows whose
-  ``train_test_split`` is ``Train``;
+- classes: every distinct ``Label`` of the subset, numbered in order of first appearance in the metadata
+  (as MorphEm encodes them: it matters for the seeded ``sgd`` classifier, whose one-vs-rest problems draw
+  their seeds in class order); the classifier is fitted on the rows whose ``train_test_split`` is ``Train``;
 - task ``T``: its rows are those whose boolean column ``T`` is true (rows of several tasks are scored in
   each); when the column is absent, those whose ``train_test_split`` equals ``T``;
 - the novel-class task (HPA ``Task_three``, CP ``Task_four``) is scored leave-one-group-out: for every
@@ -14,7 +15,11 @@ For a subset with metadata ``meta`` (``enriched_meta.csv`` rows) and embeddings 
   ``labels = unique(truth)``, ``zero_division=0``), and accuracy.
 
 Classifiers are callables ``fit_predict(train_x, train_y, test_x, num_classes) -> predicted classes``:
-:func:`one_nn` (faiss, exact) and :func:`linear_probe` (``cellssl.eval.linear``).
+:func:`one_nn` (faiss, exact), :func:`linear_probe` (``cellssl.eval.linear``) and :func:`sgd_classifier`
+(MorphEm's ``SGDClassifier(alpha=0.001, max_iter=100)``, seeded).
+
+This is MorphEm's ``evaluation.evaluate`` (broadinstitute/MorphEm, ``morphem/evaluation.py``): same rows,
+same leave-one-group-out, same ``f1_score(truth, pred, labels=unique(truth), average="macro")``.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def task_mask(metadata: pd.DataFrame, task: str, source: str = "the metadata") -
 
 
 def encode_labels(metadata: pd.DataFrame, source: str = "the metadata") -> tuple[np.ndarray, list[str]]:
-    """Class indices of the ``Label`` column and the sorted class names.
+    """Class indices of the ``Label`` column and the class names, in order of first appearance (MorphEm's).
 
     :raises DataError: when the column is missing or has empty values.
     """
@@ -94,7 +99,7 @@ def encode_labels(metadata: pd.DataFrame, source: str = "the metadata") -> tuple
     labels = metadata[LABEL_COLUMN]
     if labels.isna().any():
         raise DataError(f"{source}: {int(labels.isna().sum())} rows have an empty '{LABEL_COLUMN}'")
-    codes, names = pd.factorize(labels.astype(str), sort=True)
+    codes, names = pd.factorize(labels.astype(str), sort=False)
     return codes.astype(np.int64), [str(n) for n in names]
 
 
@@ -179,6 +184,28 @@ def one_nn(metric: str = "l2", num_threads: int | None = None) -> Classifier:
         prediction = knn_classify(train_x, train_y, test_x, ks=[1], metric=metric, voting="majority",
                                   num_classes=num_classes, num_threads=num_threads)[1]
         return prediction.labels
+
+    return fit_predict
+
+
+def sgd_classifier(alpha: float = 0.001, max_iter: int = 100, seed: int = 0) -> Classifier:
+    """MorphEm's ``sgd`` classifier: ``SGDClassifier(alpha=alpha, max_iter=max_iter, random_state=seed)`` fitted on
+    the raw embeddings (MorphEm passes no ``random_state``; cellssl seeds each fit). Convergence warnings of
+    scikit-learn (``max_iter`` reached) are logged once per fit at debug level, not raised."""
+
+    def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int) -> np.ndarray:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import SGDClassifier
+
+        model = SGDClassifier(alpha=alpha, max_iter=max_iter, random_state=seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(train_x, train_y)
+        if caught:
+            logger.debug("sgd (seed %d): %s", seed, caught[0].message)
+        return model.predict(test_x).astype(np.int64)
 
     return fit_predict
 
