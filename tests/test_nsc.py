@@ -40,10 +40,11 @@ def _evaluate(table: EmbeddingTable, tmp_path: Path, **kwargs: object) -> dict:
 def test_nsc_and_nscb_differ_on_a_case_computed_by_hand(tmp_path: Path) -> None:
     # NSC (every compound distinct: only the query itself is excluded):
     #   0 -> 10 (X) ok; 10 -> 0 (X) ok; 22 -> 10 (X) wrong; 40 -> 22 (Y) wrong; 90 -> 100 ok; 100 -> 90 ok: 4/6
-    # NSCB (neighbour also from the other batch):
+    # NSCB, every same-batch candidate excluded (neighbour from the other batch):
     #   0 (b1) -> 22 (Y) wrong; 10 (b1) -> 22 (Y) wrong; 22 (b2) -> 10 (X) wrong; 40 (b2) -> 10 (X) ok;
     #   90 (b1) -> 100 ok; 100 (b2) -> 90 ok: 3/6
-    result = _evaluate(_table(), tmp_path, batch_column="batch")
+    result = _evaluate(_table(), tmp_path, batch_column="batch", nscb_batch_exclusion="all")
+    assert result["split"]["nscb_batch_exclusion"] == "all"
     metrics = result["metrics"]
     assert metrics["nsc_accuracy"] == pytest.approx(4 / 6)
     assert metrics["nscb_accuracy"] == pytest.approx(3 / 6)
@@ -53,6 +54,27 @@ def test_nsc_and_nscb_differ_on_a_case_computed_by_hand(tmp_path: Path) -> None:
     assert per_label["X"]["nsc_accuracy"] == pytest.approx(2 / 3)
     assert per_label["X"]["nscb_accuracy"] == pytest.approx(1 / 3)
     assert per_label["Y"]["nscb_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_nscb_unidino_rule_by_hand(tmp_path: Path) -> None:
+    # The default rule (uniDINO's): a same-batch candidate is excluded only when it has the query's label.
+    #   0 (X, b1): 10 excluded -> 22 (Y, b2) wrong; 10 (X, b1): 0 excluded -> 22 (Y) wrong;
+    #   22 (Y, b2): 100 excluded -> 10 (X) wrong; 40 (X, b2): no X in b2 -> 22 (Y, same batch, allowed) wrong
+    #   (the "all" rule sends it to 10, right); 90 (Y, b1) -> 100 ok; 100 (Y, b2): 22 excluded -> 90 ok: 2/6
+    result = _evaluate(_table(), tmp_path, batch_column="batch")
+    assert result["config"]["nscb_batch_exclusion"] == "same_label"
+    assert result["split"]["nscb_batch_exclusion"] == "same_label"
+    assert result["metrics"]["nscb_accuracy"] == pytest.approx(2 / 6)
+    assert result["metrics"]["nscb_scored"] == 6
+    assert result["metrics"]["nsc_accuracy"] == pytest.approx(4 / 6)  # NSC does not depend on the rule
+    per_label = {row["moa"]: row for row in result["table"]}
+    assert per_label["X"]["nscb_accuracy"] == 0.0
+    assert per_label["Y"]["nscb_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_nscb_batch_exclusion_must_be_known() -> None:
+    with pytest.raises(ValueError, match=r"nscb_batch_exclusion must be one of same_label, all, got 'batch'"):
+        NSCConfig(label_column="moa", compound_column="compound", nscb_batch_exclusion="batch")
 
 
 def test_same_compound_neighbours_are_excluded(tmp_path: Path) -> None:
@@ -94,7 +116,7 @@ def test_treatment_level_profiles_are_aggregated(tmp_path: Path) -> None:
     result = _evaluate(table, tmp_path, batch_column="batch", profiles={"group_by": ["compound"]})
     assert result["split"]["profile_rows"] == 6
     assert result["metrics"]["nsc_accuracy"] == pytest.approx(4 / 6)
-    assert result["metrics"]["nscb_accuracy"] == pytest.approx(3 / 6)
+    assert result["metrics"]["nscb_accuracy"] == pytest.approx(2 / 6)  # the hand case, uniDINO's rule
     meta["batch"] = ["b1", "b2"] * 12  # now the batch varies within a compound
     with pytest.raises(DataError, match=r"'batch' \(config key 'nsc_nscb.batch_column'\)"):
         _evaluate(EmbeddingTable(metadata=meta, embeddings=cells, manifest={}), tmp_path,

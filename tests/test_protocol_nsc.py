@@ -7,7 +7,8 @@ query's compound and every same-batch profile of the query's MoA excluded, after
 a single batch; accuracy = share of queries whose nearest allowed profile (cosine distance) has their MoA.
 On real BBBC021 crops (two MoAs, 50 fields of view standing in for compounds, site parity for batches) every
 query has an allowed candidate of its MoA, so cellssl's scored-queries accuracy is uniDINO's accuracy; NSC
-here is checked on treatment profiles, as uniDINO reports it.
+here is checked on treatment profiles, as uniDINO reports it. NSCB is checked both ways: the default
+``nscb_batch_exclusion: same_label`` against uniDINO's own rule, ``all`` against the classic rule.
 """
 
 from __future__ import annotations
@@ -66,15 +67,39 @@ def test_nsc_on_treatment_profiles_equals_unidino(bbbc021, tmp_path) -> None:
     assert result["metrics"]["nsc_accuracy"] == pytest.approx(float(np.mean(predicted == moa)), abs=1e-12)
 
 
-def test_nscb_rule_on_well_profiles(bbbc021) -> None:
-    """cellssl's NSCB (compound and batch both differ) against the same rule run through uniDINO's routine.
+def unidino_nscb_excluded(moa: np.ndarray, compound: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """uniDINO's NSCB mask (mode NSBW, wells = compounds): same compound, or same batch AND same MoA."""
+    def same(values: np.ndarray) -> np.ndarray:
+        return values[:, None] == values[None, :]
 
-    uniDINO's own NSCB excludes same-batch candidates only when they share the query's MoA; that difference is
-    listed in docs/protocols.md.
-    """
+    return same(compound) | (same(batch) & same(moa))
+
+
+def test_nscb_default_equals_unidino_on_well_profiles(bbbc021, tmp_path) -> None:
+    """The evaluator's default NSCB (no aggregation: every crop a profile) is uniDINO's rule, query by query."""
     x, meta = bbbc021
     moa, compound, batch = (meta[c].to_numpy() for c in ("moa", "compound", "batch"))
-    # cellssl's NSCB: a candidate must differ from the query in compound AND batch
-    ours = not_same_nn_accuracy(x, moa, [compound, batch])
+    config = NSCConfig(label_column="moa", compound_column="compound", batch_column="batch")
+    result = NSCEvaluator(config).evaluate(EmbeddingTable(metadata=meta, embeddings=x), EvalContext(run_dir=tmp_path))
+    predicted = unidino_nn(x, moa, unidino_nscb_excluded(moa, compound, batch))
+    assert result["split"]["nscb_batch_exclusion"] == "same_label"
+    assert result["metrics"]["nscb_unscored"] == 0 and result["metrics"]["nscb_scored"] == len(meta)
+    assert result["metrics"]["nscb_accuracy"] == pytest.approx(float(np.mean(predicted == moa)), abs=1e-12)
+    ours = not_same_nn_accuracy(x, moa, [compound], same_label_keys=[batch])
+    assert np.array_equal(moa[ours["neighbour"]], predicted)  # the same predicted MoA for every query
+    # the two rules really differ here: with "all", same-batch crops of the other MoA are not candidates
+    classic = not_same_nn_accuracy(x, moa, [compound, batch])
+    assert classic["accuracy"] != pytest.approx(result["metrics"]["nscb_accuracy"], abs=1e-6)
+
+
+def test_nscb_all_rule_equals_the_classic_rule_on_well_profiles(bbbc021, tmp_path) -> None:
+    """``nscb_batch_exclusion: all`` (compound and batch both differ) against that rule through uniDINO's routine."""
+    x, meta = bbbc021
+    moa, compound, batch = (meta[c].to_numpy() for c in ("moa", "compound", "batch"))
+    config = NSCConfig(label_column="moa", compound_column="compound", batch_column="batch",
+                       nscb_batch_exclusion="all")
+    result = NSCEvaluator(config).evaluate(EmbeddingTable(metadata=meta, embeddings=x), EvalContext(run_dir=tmp_path))
     classic = unidino_nn(x, moa, (compound[:, None] == compound[None, :]) | (batch[:, None] == batch[None, :]))
-    assert ours["unscored"] == 0 and ours["accuracy"] == pytest.approx(float(np.mean(classic == moa)))
+    assert result["split"]["nscb_batch_exclusion"] == "all"
+    assert result["metrics"]["nscb_unscored"] == 0
+    assert result["metrics"]["nscb_accuracy"] == pytest.approx(float(np.mean(classic == moa)), abs=1e-12)

@@ -6,13 +6,21 @@ similarity), where the neighbour may not be a profile of the same compound:
 
 - **NSC** (not-same-compound): candidates are the profiles whose ``compound_column`` differs from the
   query's, so a model cannot score by recognising the compound itself;
-- **NSCB** (not-same-compound-or-batch): candidates must also differ in ``batch_column``, so batch
-  effects (plate, week) cannot help either.
+- **NSCB** (not-same-compound-or-batch): candidates from the query's ``batch_column`` value are excluded
+  too, so batch effects (plate, week) cannot help. Which ones is ``nscb_batch_exclusion``:
+  ``same_label`` (default; uniDINO's ``nearest_neighbor_classifier_NSBW``, which produced its published
+  NSCB figures) excludes a same-batch candidate only when it also has the query's label, so a same-batch
+  profile of another label can still be the (wrong) nearest neighbour; ``all`` (the rule as Ljosa et al.
+  and Ando et al. state it) excludes every same-batch candidate. Both rules allow exactly the same correct
+  neighbours, so they score the same queries; ``all`` can only be kinder. The rule used is recorded in the
+  result's ``split`` block and ``config``.
 
 A query is *scored* only when some allowed candidate shares its label (otherwise no neighbour could be
 right, e.g. a MoA with one compound, or one batch for NSCB): unscored queries are counted, not counted
-as wrong. Profiles whose label is in ``exclude_labels`` (e.g. the DMSO controls of the classic protocol)
-are neither queries nor candidates; those in ``reference_only_labels`` are candidates but never queries.
+as wrong (uniDINO's routine scores them, always wrongly, and its NSCB drops the single-batch MoAs first;
+``exclude_labels`` does the latter here). Profiles whose label is in ``exclude_labels`` (e.g. the DMSO
+controls of the classic protocol) are neither queries nor candidates; those in ``reference_only_labels`` are
+candidates but never queries.
 Ties of similarity go to the candidate that comes first in the profile order.
 
 YAML block::
@@ -24,6 +32,7 @@ YAML block::
         batch_column: plate
         profiles: {group_by: [compound, concentration], aggregate: mean}   # treatment-level profiles
         exclude_labels: [DMSO]
+        nscb_batch_exclusion: same_label      # uniDINO's rule; `all`: every same-batch profile excluded
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+NSCB_BATCH_EXCLUSIONS = ("same_label", "all")
+
 
 @dataclass
 class NSCConfig:
@@ -58,6 +69,8 @@ class NSCConfig:
     :ivar control_values: values of ``control_column`` marking controls for normalisation.
     :ivar exclude_labels: labels left out entirely (neither queries nor candidates).
     :ivar reference_only_labels: labels that are candidates but never queries.
+    :ivar nscb_batch_exclusion: which same-batch candidates NSCB excludes: ``same_label`` (only those with
+        the query's label, uniDINO's published rule) or ``all`` (every one, Ljosa et al.).
     :ivar batch_size: queries per similarity block.
     """
 
@@ -69,6 +82,7 @@ class NSCConfig:
     control_values: list[str] = field(default_factory=list)
     exclude_labels: list[str] = field(default_factory=list)
     reference_only_labels: list[str] = field(default_factory=list)
+    nscb_batch_exclusion: str = "same_label"
     batch_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -76,6 +90,10 @@ class NSCConfig:
             self.profiles = ProfileConfig(**self.profiles)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.nscb_batch_exclusion not in NSCB_BATCH_EXCLUSIONS:
+            raise ValueError(f"nscb_batch_exclusion must be one of {', '.join(NSCB_BATCH_EXCLUSIONS)}, got "
+                             f"{self.nscb_batch_exclusion!r} (same_label: uniDINO's rule; all: every same-batch "
+                             "profile excluded)")
         both = set(self.exclude_labels) & set(self.reference_only_labels)
         if both:
             raise ValueError(f"labels {sorted(both)} are in both exclude_labels and reference_only_labels")
@@ -87,13 +105,16 @@ def not_same_nn_accuracy(
     exclude_keys: list[np.ndarray],
     is_query: np.ndarray | None = None,
     batch_size: int = 1024,
+    same_label_keys: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Cosine 1-NN accuracy where a query's neighbour must differ from it in every ``exclude_keys`` array.
 
     :param profiles: ``(G, D)``. :param labels: ``(G,)`` labels. :param exclude_keys: ``(G,)`` arrays
-        (e.g. ``[compound]`` for NSC, ``[compound, batch]`` for NSCB); a candidate equal to the query in
-        any of them is not allowed. The query itself is never a candidate.
+        (e.g. ``[compound]`` for NSC, ``[compound, batch]`` for classic NSCB); a candidate equal to the query
+        in any of them is not allowed. The query itself is never a candidate.
     :param is_query: ``(G,)`` bool, the profiles to classify (default: all).
+    :param same_label_keys: ``(G,)`` arrays (e.g. ``[batch]`` for uniDINO's NSCB); a candidate equal to the
+        query in any of them is not allowed when it also has the query's label.
     :return: ``{"accuracy", "correct", "scored", "unscored", "neighbour" ((G,) index or -1),
         "scored_mask" ((G,) bool)}``; ``accuracy`` is NaN when no query is scored.
     """
@@ -102,6 +123,7 @@ def not_same_nn_accuracy(
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float64).tiny)
     labels = np.asarray(labels, dtype=object).astype(str)
     keys = [np.asarray(k, dtype=object).astype(str) for k in exclude_keys]
+    label_keys = [np.asarray(k, dtype=object).astype(str) for k in same_label_keys or []]
     queries = np.flatnonzero(np.ones(n, dtype=bool) if is_query is None else np.asarray(is_query, dtype=bool))
     neighbour = np.full(n, -1, dtype=np.int64)
     scored = np.zeros(n, dtype=bool)
@@ -113,6 +135,9 @@ def not_same_nn_accuracy(
             allowed = np.ones(n, dtype=bool)
             for key in keys:
                 allowed &= key != key[q]
+            same_label = labels == labels[q]
+            for key in label_keys:
+                allowed &= ~(same_label & (key == key[q]))
             allowed[q] = False
             if not (allowed & (labels == labels[q])).any():
                 continue
@@ -198,7 +223,11 @@ class NSCEvaluator(Evaluator):
         nscb = None
         if cfg.batch_column:
             batches = meta[cfg.batch_column].astype(str).to_numpy()
-            nscb = not_same_nn_accuracy(profiles, text, [compounds, batches], is_query, cfg.batch_size)
+            if cfg.nscb_batch_exclusion == "all":
+                nscb = not_same_nn_accuracy(profiles, text, [compounds, batches], is_query, cfg.batch_size)
+            else:
+                nscb = not_same_nn_accuracy(profiles, text, [compounds], is_query, cfg.batch_size,
+                                            same_label_keys=[batches])
             metrics.update({"nscb_accuracy": nscb["accuracy"], "nscb_scored": nscb["scored"],
                             "nscb_unscored": nscb["unscored"]})
         rows = []
@@ -227,6 +256,7 @@ class NSCEvaluator(Evaluator):
                 "left_out_rows": int((~keep).sum()),
                 "group_by": list(group_by),
                 "compounds": len(set(compounds)),
+                "nscb_batch_exclusion": cfg.nscb_batch_exclusion if cfg.batch_column else None,
             },
             "embedding_dim": table.dim,
             "config": dataclasses.asdict(cfg),
