@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ logger = logging.getLogger("cellssl")
 
 def _print_plugins() -> int:
     from cellssl.plugins import get_plugin_state
+    from cellssl.plugins.registry import kind_title
 
     state = get_plugin_state()
     for info in state.plugins:
@@ -35,7 +37,7 @@ def _print_plugins() -> int:
             print(f"    {kind}: {', '.join(names)}")
     print()
     for kind, registry in state.registries.items():
-        print(f"{kind}s:")
+        print(f"{kind_title(kind)}:")
         for entry in registry:
             print(f"    {entry.name:<22} {entry.summary}  ({entry.distribution})")
     return 1 if state.errors else 0
@@ -177,15 +179,38 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(plugin_command=command)
 
 
+def _show_warning(default: Any) -> Any:
+    """A ``warnings.showwarning`` that logs a plugin's load failure as one line (not file:line + source)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if category.__name__ == "PluginLoadWarning":
+            logger.warning("%s", message)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cellssl`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+    """Entry point of the ``cellssl`` command; returns the exit status.
+
+    Building the parser loads the plugins (their commands are subcommands) but imports no torch: only
+    the commands that build models or read checkpoints do.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning(warnings.showwarning)
+        args = build_parser().parse_args(argv)
+        if args.verbose:
+            logging.getLogger().setLevel(logging.DEBUG)
+        else:
+            logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; a :class:`CellsslError` is printed as one paragraph (status 2)."""
     try:
         if args.command == "plugins":
             return _print_plugins()

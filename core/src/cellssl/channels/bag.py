@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cellssl.channels.base import ChannelStrategy
+from cellssl.channels.configs import BagOfChannelsConfig
 from cellssl.channels.single_channel import ChannelSampleDataset, embed_channels_folded
 from cellssl.data.dataset import CellDataset
-
-AGGREGATES = ("concat", "mean")
-
-
-@dataclass
-class BagOfChannelsConfig:
-    """``channels: {name: bag_of_channels, aggregate: concat}``.
-
-    :ivar aggregate: ``concat`` (per-channel embeddings side by side, dimension C x D, in the data's
-        channel order) or ``mean`` (dimension D, independent of C).
-    """
-
-    aggregate: str = "concat"
-
-    def __post_init__(self) -> None:
-        if self.aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
 
 
 class BagOfChannels(ChannelStrategy):

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from cellssl.channels.base import ChannelStrategy
+from cellssl.channels.configs import FixedChannelsConfig
 from cellssl.data.dataset import CellDataset
 from cellssl.errors import DataError
-
-
-@dataclass
-class FixedChannelsConfig:
-    """``channels: {name: fixed, ...}``.
-
-    :ivar channels: the channel names, in order, the model takes. Empty: the dataset's channels at
-        training time (recorded in the resolved config of the run). At embedding time a dataset must
-        provide these channels; with ``reorder_by_name`` a different order is rearranged by name.
-    :ivar reorder_by_name: rearrange a dataset's channels by name when the set matches but the order
-        differs (otherwise that is an error).
-    """
-
-    channels: list[str] = field(default_factory=list)
-    reorder_by_name: bool = True
 
 
 class FixedChannels(ChannelStrategy):

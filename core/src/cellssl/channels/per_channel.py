@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from cellssl.channels.base import ChannelStrategy
+from cellssl.channels.configs import PerChannelConcatConfig
 from cellssl.channels.single_channel import (
     ChannelSampleDataset,
     embed_channels_folded,
@@ -16,31 +16,6 @@ from cellssl.channels.single_channel import (
 )
 from cellssl.data.dataset import CellDataset
 from cellssl.errors import DataError
-
-MISSING_POLICIES = ("error", "zeros")
-
-
-@dataclass
-class PerChannelConcatConfig:
-    """``channels: {name: per_channel_concat, channel_order: [dna, rna, ...]}``.
-
-    :ivar channel_order: the named order of the concatenated embedding. Empty: the data's own order.
-        Channels of the data that are not listed are ignored (logged once).
-    :ivar missing: what to do when a listed channel is absent from the data: ``error``, or ``zeros``
-        (its block of the embedding is zero), so datasets with different channel sets share one layout.
-    :ivar fold: encode all channels in one forward pass (channels folded into the batch); ``false``
-        runs one pass per channel (same result, lower peak memory).
-    """
-
-    channel_order: list[str] = field(default_factory=list)
-    missing: str = "error"
-    fold: bool = True
-
-    def __post_init__(self) -> None:
-        if self.missing not in MISSING_POLICIES:
-            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
-        if len(set(self.channel_order)) != len(self.channel_order):
-            raise ValueError(f"channel_order has duplicate names: {self.channel_order}")
 
 
 class PerChannelConcat(ChannelStrategy):

@@ -11,54 +11,20 @@ DINO losses expect. :class:`EvalTransform` resizes and centre-crops to a fixed s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cellssl.data.augment import AugmentationPipeline, AugmentConfig, make_generator, resize
+from cellssl.data.multicrop_config import MultiCropConfig
 from cellssl.data.normalize import (
     ChannelStats,
     IdentityNormalizer,
-    NormalizeConfig,
     Normalizer,
     build_normalizer,
 )
 from cellssl.data.sample import CellSample
 from cellssl.errors import DataError
-
-
-def _default_local_aug() -> AugmentConfig:
-    return AugmentConfig()
-
-
-@dataclass
-class MultiCropConfig:
-    """YAML block of the multi-crop views (sizes in px; scales are crop-area fractions of the image)."""
-
-    global_size: int = 224
-    local_size: int = 96
-    n_global: int = 2
-    n_local: int = 8
-    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    global_aug: AugmentConfig = field(default_factory=AugmentConfig)
-    local_aug: AugmentConfig = field(default_factory=_default_local_aug)
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-
-    def __post_init__(self) -> None:
-        if self.global_size < 1 or self.local_size < 1:
-            raise ValueError(f"multicrop sizes must be >= 1, got {self.global_size} and {self.local_size}")
-        if self.n_global < 1 or self.n_local < 0:
-            raise ValueError(
-                f"multicrop needs n_global >= 1 and n_local >= 0, got {self.n_global}, {self.n_local}"
-            )
-        for name in ("global_scale", "local_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(
-                    f"multicrop.{name} must be [min, max] with 0 < min <= max <= 1, got {[lo, hi]}"
-                )
 
 
 class MultiCropTransform:

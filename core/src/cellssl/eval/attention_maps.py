@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cellssl.errors import ConfigError, DataError
+from cellssl.eval.attention_maps_config import AttentionMapsConfig
 from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
 from cellssl.eval.figures import display_range, new_figure, relative_to, save_png
 
@@ -43,36 +43,6 @@ if TYPE_CHECKING:
     from cellssl.eval.embeddings import EmbeddingTable
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AttentionMapsConfig:
-    """Parameters of the ``attention_maps`` evaluator.
-
-    :ivar num_images: images to draw, spread evenly over the dataset (ignored when ``indices`` is set).
-    :ivar indices: dataset rows to draw.
-    :ivar include_registers: also draw the attention of each register token.
-    :ivar mean_over_heads: add a column with the mean over heads.
-    :ivar panel_size: side of one panel, in inches.
-    :ivar dpi: resolution of the PNGs.
-    """
-
-    num_images: int = 4
-    indices: list[int] = field(default_factory=list)
-    include_registers: bool = True
-    mean_over_heads: bool = True
-    panel_size: float = 1.4
-    dpi: int = 100
-
-    def __post_init__(self) -> None:
-        if self.num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {self.num_images}")
-        if any(i < 0 for i in self.indices):
-            raise ValueError(f"indices must be >= 0, got {self.indices}")
-        if not self.panel_size > 0:
-            raise ValueError(f"panel_size must be > 0, got {self.panel_size}")
-        if self.dpi < 20:
-            raise ValueError(f"dpi must be >= 20, got {self.dpi}")
 
 
 def require_vit(backbone: nn.Module, key: str = "backbone") -> None:

@@ -38,16 +38,18 @@ import torch
 
 from cellssl.errors import DataError
 from cellssl.eval.knn import as_feature_matrix
+from cellssl.eval.linear_config import (
+    DEFAULT_LEARNING_RATES,
+    DEFAULT_WEIGHT_DECAYS,
+    MULTICLASS_SELECT,
+    MULTILABEL_SELECT,
+    PRECISIONS,
+)
 from cellssl.eval.linear_heads import head_losses, loss_weights, standardiser, train_heads
 from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LEARNING_RATES: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
-MULTICLASS_SELECT = ("macro_f1", "accuracy", "balanced_accuracy")
-MULTILABEL_SELECT = ("mean_per_class_multilabel_f1", "micro_f1")
-PRECISIONS = ("fp32", "bf16")
 THRESHOLD = 0.5
 _PREDICT_CHUNK = 65536
 

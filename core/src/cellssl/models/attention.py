@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellssl.errors import ConfigError
+from cellssl.models.vit_config import BACKENDS
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 
 # (dtype, head_dim) combinations for which xformers failed on CUDA; "auto" then uses SDPA for them.
 _XFORMERS_FAILED: set[tuple[torch.dtype, int]] = set()

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellssl.models.attention import _xformers_ops, attention
+from cellssl.models.vit_config import PACKING_MODES
 
 if TYPE_CHECKING:
     from cellssl.models.vit import VisionTransformer
     from cellssl.models.vit_blocks import Block
 
-PACKING_MODES = ("auto", "grouped", "padded", "xformers", "off")
 
 
 @dataclass(frozen=True)

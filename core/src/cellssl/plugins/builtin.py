@@ -1,42 +1,60 @@
 """The core's own components, registered as an internal plugin through the same hooks as any other.
 
-This module stays import-light: each hook imports the modules it registers from when it is called
-(once, on first use of the registries).
+This module stays import-light, and so does registering: each hook imports only the config dataclasses
+(modules that do not import torch) when it is called, and every factory imports the module that builds
+the component on its first call (:func:`lazy`). Listing plugins or validating a config needs no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from cellssl.plugins.hookspecs import hookimpl
 from cellssl.plugins.registry import Registrar
 
 
+def lazy(target: str) -> Callable[..., Any]:
+    """A factory that imports ``"package.module:function"`` when first called and forwards to it.
+
+    Registration then costs only the import of the (light) config dataclasses; torch and the modules that
+    build the components load when a component is built.
+    """
+    module_name, _, attr = target.partition(":")
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module_name), attr)(*args, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = attr
+    factory.__doc__ = f"Builds the component with :func:`{module_name}.{attr}` (imported on first call)."
+    return factory
+
+
 @hookimpl
 def cellssl_register_datasets(registry: Registrar) -> None:
     """``synthetic_cells`` and the generic ``table`` dataset."""
-    from cellssl.data.synthetic import SyntheticCellsConfig, build_synthetic_cells
-    from cellssl.data.table import TableDatasetConfig, build_table_dataset
+    from cellssl.data.synthetic_config import SyntheticCellsConfig
+    from cellssl.data.table_config import TableDatasetConfig
 
-    registry.add("synthetic_cells", build_synthetic_cells, SyntheticCellsConfig,
+    registry.add("synthetic_cells", lazy("cellssl.data.synthetic:build_synthetic_cells"), SyntheticCellsConfig,
                  "procedural multi-channel cells with four known phenotypes (seeded; no files needed)")
-    registry.add("table", build_table_dataset, TableDatasetConfig,
+    registry.add("table", lazy("cellssl.data.table:build_table_dataset"), TableDatasetConfig,
                  "metadata CSV/Parquet + image files (multi-page/OME TIFF, one file per channel, PNG/JPEG, tapes)")
 
 
 @hookimpl
 def cellssl_register_channel_strategies(registry: Registrar) -> None:
     """``fixed``, ``bag_of_channels`` and ``per_channel_concat``."""
-    from cellssl.channels.bag import BagOfChannelsConfig, build_bag_of_channels
-    from cellssl.channels.fixed import FixedChannelsConfig, build_fixed
-    from cellssl.channels.per_channel import PerChannelConcatConfig, build_per_channel_concat
+    from cellssl.channels.configs import BagOfChannelsConfig, FixedChannelsConfig, PerChannelConcatConfig
 
-    registry.add("fixed", build_fixed, FixedChannelsConfig,
+    registry.add("fixed", lazy("cellssl.channels.fixed:build_fixed"), FixedChannelsConfig,
                  "one backbone over all C channels; channel set and order fixed at training time")
-    registry.add("bag_of_channels", build_bag_of_channels, BagOfChannelsConfig,
+    registry.add("bag_of_channels", lazy("cellssl.channels.bag:build_bag_of_channels"), BagOfChannelsConfig,
                  "1-channel backbone on every (image, channel) pair; channels folded into the batch at inference")
-    registry.add("per_channel_concat", build_per_channel_concat, PerChannelConcatConfig,
+    registry.add("per_channel_concat", lazy("cellssl.channels.per_channel:build_per_channel_concat"),
+                 PerChannelConcatConfig,
                  "1-channel backbone; per-channel embeddings concatenated in a named channel order")
 
 
@@ -47,14 +65,16 @@ def _arch_config(base: type, arch: str) -> type:
     )
 
 
-def _fixed_arch_factory(builder: Any, arch: str) -> Any:
+def _fixed_arch_factory(builder: str, arch: str) -> Any:
     from cellssl.errors import ConfigError
+
+    build = lazy(builder)
 
     def factory(config: Any, in_chans: int) -> Any:
         if config.arch != arch:
             raise ConfigError("backbone.arch", f"is '{config.arch}' but the backbone name is '{arch}'; "
                                                "drop `arch` or change `name`.")
-        return builder(config, in_chans)
+        return build(config, in_chans)
 
     return factory
 
@@ -62,60 +82,59 @@ def _fixed_arch_factory(builder: Any, arch: str) -> Any:
 @hookimpl
 def cellssl_register_backbones(registry: Registrar) -> None:
     """Vision Transformers (DINOv2 layout) and torchvision ResNets with any ``in_chans``."""
-    from cellssl.models.resnet import RESNET_ARCHS, ResNetConfig, build_resnet
-    from cellssl.models.vit import ARCHS, ViTConfig, build_vit
+    from cellssl.models.resnet_config import RESNET_ARCHS, ResNetConfig
+    from cellssl.models.vit_config import ARCHS, ViTConfig
 
     for arch, (dim, depth, heads) in ARCHS.items():
-        registry.add(arch, _fixed_arch_factory(build_vit, arch), _arch_config(ViTConfig, arch),
+        registry.add(arch, _fixed_arch_factory("cellssl.models.vit:build_vit", arch), _arch_config(ViTConfig, arch),
                      f"Vision Transformer, DINOv2 layout (dim {dim}, depth {depth}, {heads} heads)")
     for arch in RESNET_ARCHS:
-        registry.add(arch, _fixed_arch_factory(build_resnet, arch), _arch_config(ResNetConfig, arch),
+        registry.add(arch, _fixed_arch_factory("cellssl.models.resnet:build_resnet", arch),
+                     _arch_config(ResNetConfig, arch),
                      f"torchvision {arch} with any number of input channels, no classifier")
 
 
 @hookimpl
 def cellssl_register_objectives(registry: Registrar) -> None:
     """``dino`` (DINO v1) and ``dinov2`` (DINO + iBOT + KoLeo)."""
-    from cellssl.objectives.dino import DINOConfig, build_dino
-    from cellssl.objectives.dinov2 import DINOv2Config, build_dinov2
+    from cellssl.objectives.dino_config import DINOConfig
+    from cellssl.objectives.dinov2_config import DINOv2Config
 
-    registry.add("dino", build_dino, DINOConfig,
+    registry.add("dino", lazy("cellssl.objectives.dino:build_dino"), DINOConfig,
                  "DINO v1: multi-crop self-distillation with an EMA teacher (any backbone returning (B, D))")
-    registry.add("dinov2", build_dinov2, DINOv2Config,
+    registry.add("dinov2", lazy("cellssl.objectives.dinov2:build_dinov2"), DINOv2Config,
                  "DINOv2: DINO + iBOT masked-patch loss (ViT) + KoLeo, Sinkhorn-Knopp targets")
 
 
 @hookimpl
 def cellssl_register_evaluators(registry: Registrar) -> None:
-    """The faiss kNN evaluator."""
-    from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
+    """kNN, linear probe, cross-validation, retrieval mAP, NSC/NSCB, UMAP, attention maps, channel attribution."""
+    from cellssl.eval.attention_maps_config import AttentionMapsConfig
+    from cellssl.eval.channel_attribution import ChannelAttributionConfig
+    from cellssl.eval.cross_validation import CrossValidationConfig
+    from cellssl.eval.knn_evaluator import KNNEvaluatorConfig
+    from cellssl.eval.linear_config import LinearEvaluatorConfig
+    from cellssl.eval.nsc import NSCConfig
+    from cellssl.eval.retrieval_map import RetrievalMAPConfig
+    from cellssl.eval.umap_plot import UMAPConfig
 
-    registry.add("knn", build_knn_evaluator, KNNEvaluatorConfig,
+    registry.add("knn", lazy("cellssl.eval.knn_evaluator:build_knn_evaluator"), KNNEvaluatorConfig,
                  "faiss kNN classification (cosine/L2, weighted or majority votes, k sweep, multi-label, few-shot)")
-
-    from cellssl.eval.cross_validation import CrossValidationConfig, build_cross_validation
-    from cellssl.eval.linear_evaluator import LinearEvaluatorConfig, build_linear_evaluator
-
-    registry.add("linear", build_linear_evaluator, LinearEvaluatorConfig,
+    registry.add("linear", lazy("cellssl.eval.linear_evaluator:build_linear_evaluator"), LinearEvaluatorConfig,
                  "linear probe: grid of heads (lr x wd) trained at once, chosen on a validation split, CE or BCE")
-    registry.add("cross_validation", build_cross_validation, CrossValidationConfig,
+    registry.add("cross_validation", lazy("cellssl.eval.cross_validation:build_cross_validation"),
+                 CrossValidationConfig,
                  "k-fold (stratified or grouped) of classifier evaluators: F1, recall, precision, balanced acc")
-
-    from cellssl.eval.attention_maps import AttentionMapsConfig, build_attention_maps
-    from cellssl.eval.channel_attribution import ChannelAttributionConfig, build_channel_attribution
-    from cellssl.eval.nsc import NSCConfig, build_nsc_nscb
-    from cellssl.eval.retrieval_map import RetrievalMAPConfig, build_retrieval_map
-    from cellssl.eval.umap_plot import UMAPConfig, build_umap
-
-    registry.add("retrieval_map", build_retrieval_map, RetrievalMAPConfig,
+    registry.add("retrieval_map", lazy("cellssl.eval.retrieval_map:build_retrieval_map"), RetrievalMAPConfig,
                  "mAP of retrieving same-label profiles against negative controls, null p-values per group")
-    registry.add("nsc_nscb", build_nsc_nscb, NSCConfig,
+    registry.add("nsc_nscb", lazy("cellssl.eval.nsc:build_nsc_nscb"), NSCConfig,
                  "cosine 1-NN MoA accuracy, not-same-compound and not-same-compound-or-batch, on profiles")
-    registry.add("umap", build_umap, UMAPConfig,
+    registry.add("umap", lazy("cellssl.eval.umap_plot:build_umap"), UMAPConfig,
                  "seeded 2-D UMAP of the embeddings, one PNG per metadata column it is coloured by")
-    registry.add("attention_maps", build_attention_maps, AttentionMapsConfig,
+    registry.add("attention_maps", lazy("cellssl.eval.attention_maps:build_attention_maps"), AttentionMapsConfig,
                  "ViT last-block CLS/register attention per head (per channel for 1-channel models), PNG grids")
-    registry.add("channel_attribution", build_channel_attribution, ChannelAttributionConfig,
+    registry.add("channel_attribution", lazy("cellssl.eval.channel_attribution:build_channel_attribution"),
+                 ChannelAttributionConfig,
                  "per-channel contribution: embedding-block importance and drop-one-channel score change")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import pluggy
 
 from cellssl.plugins import hookspecs
-from cellssl.plugins.registry import COMPONENT_KINDS, CliCommand, Registrar, Registry
+from cellssl.plugins.registry import COMPONENT_KINDS, CliCommand, FailedPlugin, Registrar, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def build_plugin_state(
     :param load_entry_points: load installed entry points; default: unless
         ``CELLSSL_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value.
     :param only: load only these entry-point or distribution names; default: ``CELLSSL_PLUGINS`` if set.
-    :return: the state; plugins that failed are listed in ``state.errors`` and warned about.
+    :return: the state; plugins that failed are listed in ``state.errors``, warned about (one
+        :class:`PluginLoadWarning` each) and named by the registries when a lookup misses a name they provide.
     """
     from cellssl.plugins import builtin
 
@@ -202,11 +203,12 @@ def build_plugin_state(
         except Exception as exc:
             info.error = f"cellssl_cli_commands failed: {type(exc).__name__}: {exc}"
 
-    for info in plugins:
-        if info.error is not None:
-            message = f"cellssl plugin '{info.name}' ({info.distribution}) is disabled: {info.error}"
-            logger.warning(message)
-            warnings.warn(message, PluginLoadWarning, stacklevel=2)
+    failed = [FailedPlugin(info.name, info.distribution, info.error) for info in plugins if info.error is not None]
+    for registry in registries.values():
+        registry.failed = failed
+    for plugin in failed:  # once per build (the state is built once per process); the CLI logs it
+        warnings.warn(f"cellssl plugin '{plugin.name}' ({plugin.distribution}) is disabled: {plugin.error}",
+                      PluginLoadWarning, stacklevel=2)
     return PluginManagerState(manager, registries, plugins, commands)
 
 

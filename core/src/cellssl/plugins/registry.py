@@ -38,6 +38,38 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
 }
 
 
+def kind_title(kind: str) -> str:
+    """The plural heading of component ``kind``: ``"channel_strategy"`` -> ``"channel strategies"``."""
+    words = kind.split("_")
+    last = words[-1]
+    if last.endswith("y") and last[-2:-1] not in tuple("aeiou"):
+        words[-1] = last[:-1] + "ies"
+    elif last.endswith(("s", "x", "ch", "sh")):
+        words[-1] = last + "es"
+    else:
+        words[-1] = last + "s"
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class FailedPlugin:
+    """A plugin that failed to import or to register: what lookups of the names it provides report.
+
+    :ivar name: the plugin's (entry-point) name. :ivar distribution: the distribution that ships it.
+    :ivar error: the error, one line.
+    """
+
+    name: str
+    distribution: str
+    error: str
+
+    def provides(self, kind: str, name: str) -> bool:
+        """Whether the plugin would provide ``name`` of ``kind``: :data:`KNOWN_PROVIDERS` says its
+        distribution does, or ``name`` is the plugin's own name."""
+        known = KNOWN_PROVIDERS.get(kind, {}).get(name)
+        return known == self.distribution if known is not None else name == self.name
+
+
 @dataclass(frozen=True)
 class CliCommand:
     """A ``cellssl`` subcommand provided by a plugin.
@@ -101,6 +133,8 @@ class Registry:
             raise ValueError(f"unknown component kind {kind!r}; expected one of {COMPONENT_KINDS}")
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self.failed: list[FailedPlugin] = []
+        """Plugins that failed to load (set by the plugin manager), named when a lookup misses."""
 
     def add(self, entry: Entry) -> None:
         """Add ``entry``.
@@ -133,7 +167,13 @@ class Registry:
         available = sorted(self._entries)
         parts = [f"unknown {self.kind} '{name}'."]
         provider = KNOWN_PROVIDERS.get(self.kind, {}).get(name)
-        if provider is not None:
+        failed = next((plugin for plugin in self.failed if plugin.provides(self.kind, name)), None)
+        if failed is not None:
+            parts.append(
+                f"It is provided by plugin '{failed.name}' (distribution '{failed.distribution}'), which failed to "
+                f"load: {failed.error}. Fix or reinstall that plugin (`cellssl plugins` shows its state)."
+            )
+        elif provider is not None:
             if _is_installed(provider):
                 parts.append(
                     f"It is provided by the distribution '{provider}', which is installed but not loaded: "
@@ -147,9 +187,13 @@ class Registry:
                     "checkout)."
                 )
         close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
-        if close and provider is None:
+        if close and provider is None and failed is None:
             parts.append(f"Did you mean '{close[0]}'?")
         parts.append(f"Available {self.kind} names: {', '.join(available) if available else '(none)'}.")
+        others = [plugin for plugin in self.failed if plugin is not failed]
+        if others and failed is None:
+            parts.append("Plugins that failed to load (one of them may provide it): " + "; ".join(
+                f"'{plugin.name}' ({plugin.distribution}): {plugin.error}" for plugin in others) + ".")
         return " ".join(parts)
 
     def remove(self, name: str) -> None:
