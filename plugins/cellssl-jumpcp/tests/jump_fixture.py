@@ -45,7 +45,7 @@ CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 SITE = 240
 CROP = 68
 CENTRES = (40, 120, 200)
-CLUSTER = "/home/ubuntu/bucket/projects/2021_jump/workspace_images/"
+CLUSTER = "/home/ubuntu/bucket/projects/2021_jump/source_9/"
 S3 = "s3://cellpainting-gallery/cpg0016-jump/source_9/"
 NEGCON = "JCP2022_033924"
 # source well of BBBC021 -> (JCP2022 id, moa, wells per plate, sites per well), with the wells of each plate
@@ -60,7 +60,7 @@ BBBC022_WELL = ("O23", "JCP2022_900004", "U2OS field")
 
 def path_map(root: Path) -> dict[str, str]:
     """The ``data.path_map`` that points the fixture's cluster paths and S3 URLs at ``root``."""
-    return {CLUSTER: f"{root}/images/", S3: f"{root}/"}
+    return {CLUSTER: f"{root}/", S3: f"{root}/"}
 
 
 def illumination(plate_index: int, channel_index: int) -> np.ndarray:
@@ -177,7 +177,7 @@ def _write_load_data(root: Path, sites: pd.DataFrame) -> None:
             record: dict[str, str] = {}
             for channel in CHANNELS:
                 record[f"FileName_Orig{channel}"] = f"{plate}_{row.Metadata_Well}_s{row.Metadata_Site}_{channel}.tiff"
-                record[f"PathName_Orig{channel}"] = f"{CLUSTER}{BATCH}/images/{plate}"
+                record[f"PathName_Orig{channel}"] = f"{CLUSTER}images/{BATCH}/images/{plate}"
             record.update(Metadata_Source=SOURCE, Metadata_Batch=BATCH, Metadata_Plate=plate,
                           Metadata_Well=row.Metadata_Well, Metadata_Site=row.Metadata_Site)
             rows.append(record)

@@ -72,6 +72,9 @@ def test_missing_prefix_map_names_row_and_key(jump) -> None:
     with pytest.raises(DataError, match=r"row 1 of .*load_data.*data.path_map"):
         JumpSitesDataset(JumpSitesConfig(root=str(jump.root), illum=False))
     assert CLUSTER.startswith("/home/")
+    rebased = JumpSitesDataset(JumpSitesConfig(root=str(jump.root), rebase=True))  # no path_map needed
+    assert rebased.source.files(0)[0] == sites(jump).source.files(0)[0]
+    assert str(rebased.source.illum_files(0)[0]).startswith(str(jump.root / "images"))
 
 
 def test_plate_filter_and_unknown_plate(jump) -> None:
@@ -154,3 +157,10 @@ def test_bad_well_name_is_reported(jump, tmp_path) -> None:
     with pytest.raises(DataError, match="Z99"):
         JumpSitesDataset(JumpSitesConfig(root=str(jump.root), load_data=[str(tmp_path / "load_data.csv")],
                                          illum=False, path_map=jump.path_map))
+
+
+def test_unknown_name_hint_names_this_distribution() -> None:
+    from cellssl.plugins.registry import Registry
+
+    for kind, name in (("dataset", "jump_sites"), ("dataset", "jump_cells"), ("evaluator", "jump_map")):
+        assert "'cellssl-jumpcp'" in Registry(kind).unknown_name_message(name)

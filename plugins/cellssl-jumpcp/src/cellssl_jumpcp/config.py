@@ -47,6 +47,9 @@ class JumpSitesConfig:
         DNA, ER, RNA, AGP, Mito and every brightfield plane the table has.
     :ivar path_map: prefix -> local prefix; rewrites ``PathName_*`` values (cluster paths, ``s3://`` URLs).
         The longest matching prefix wins.
+    :ivar rebase: after ``path_map``, move every path containing ``images/<Metadata_Batch>/`` under ``root`` from
+        that segment on (``/any/prefix/images/<batch>/images/<plate>`` -> ``<root>/images/<batch>/images/<plate>``):
+        a plate synced from cpg0016 with its layout kept needs no ``path_map``.
     :ivar illum: divide every channel by its illumination function ``<Plate>_Illum<Ch>.npy``.
     :ivar illum_dir: folder of the illumination functions, ``{plate}`` and ``{batch}`` substituted; default:
         the ``PathName_Illum<Ch>`` column, else ``images/{batch}/illum/{plate}`` under ``root``.
@@ -64,6 +67,7 @@ class JumpSitesConfig:
     plates: list[str] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)
     path_map: dict[str, str] = field(default_factory=dict)
+    rebase: bool = False
     illum: bool = True
     illum_dir: str = ""
     bit_depth: str = "uint16"

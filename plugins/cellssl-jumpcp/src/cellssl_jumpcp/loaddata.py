@@ -150,9 +150,21 @@ def remap_path(value: str, path_map: Mapping[str, str]) -> str:
     return path_map[best] + value[len(best):] if best else value
 
 
-def join_path(folder: object, name: object, root: Path, path_map: Mapping[str, str]) -> Path:
-    """``folder/name`` after remapping the folder; a relative result is relative to ``root``."""
+def rebase_path(text: str, batch: str, root: Path) -> str:
+    """``text`` moved under ``root`` from its ``images/<batch>/`` segment on (the cpg0016 layout), if it has one."""
+    marker = f"images/{batch}/"
+    at = (text + "/").find("/" + marker) + 1 if batch else 0
+    if at <= 0 and not (text + "/").startswith(marker):
+        return text
+    return str(root / (text + "/")[at:].rstrip("/"))
+
+
+def join_path(folder: object, name: object, root: Path, path_map: Mapping[str, str], batch: str | None = None) -> Path:
+    """``folder/name`` after remapping the folder (and rebasing it on ``root`` when ``batch`` is given);
+    a relative result is relative to ``root``."""
     text = remap_path(str(folder).rstrip("/"), path_map)
+    if batch is not None:
+        text = rebase_path(text, batch, root)
     if text.startswith("s3://"):
         return Path(text + "/" + str(name))
     path = Path(text).expanduser() / str(name)
@@ -160,13 +172,14 @@ def join_path(folder: object, name: object, root: Path, path_map: Mapping[str, s
 
 
 def file_columns(frame: pd.DataFrame, kind: str, channels: Sequence[str], root: Path,
-                 path_map: Mapping[str, str]) -> list[tuple[Path, ...]]:
+                 path_map: Mapping[str, str], rebase: bool = False) -> list[tuple[Path, ...]]:
     """Per row, the files of ``channels`` from ``FileName_<kind><Ch>`` / ``PathName_<kind><Ch>`` (kind: Orig, Illum).
 
     :raises DataError: naming the table, the row and the column when a value is empty.
     """
     columns = [(f"PathName_{kind}{ch}", f"FileName_{kind}{ch}") for ch in channels]
     values = {c: frame[c].to_numpy(dtype=object) for pair in columns for c in pair}
+    batches = frame["Metadata_Batch"].astype(str).to_numpy() if rebase and "Metadata_Batch" in frame.columns else None
     out: list[tuple[Path, ...]] = []
     for i in range(len(frame)):
         row = []
@@ -176,6 +189,6 @@ def file_columns(frame: pd.DataFrame, kind: str, channels: Sequence[str], root: 
                 if not isinstance(value, str) or not value.strip():
                     raise DataError(f"row {frame['table_row'].iloc[i]} of {frame['table_file'].iloc[i]}: column "
                                     f"'{column}' is empty")
-            row.append(join_path(folder, name, root, path_map))
+            row.append(join_path(folder, name, root, path_map, None if batches is None else batches[i]))
         out.append(tuple(row))
     return out

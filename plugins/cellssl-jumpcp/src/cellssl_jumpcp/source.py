@@ -67,7 +67,7 @@ class JumpSource:
         frame = frame.iloc[order].reset_index(drop=True)
         if config.limit is not None:
             frame = frame.iloc[: config.limit].reset_index(drop=True)
-        self._files = file_columns(frame, "Orig", self.jump_channels, self.root, config.path_map)
+        self._files = file_columns(frame, "Orig", self.jump_channels, self.root, config.path_map, config.rebase)
         self._illum = self._illum_files(frame) if config.illum else None
         metadata_columns = [c for c in frame.columns if c.startswith("Metadata_")]
         self.sites = annotate(frame[[*metadata_columns, "table_file", "table_row"]], config.metadata, self.root)
@@ -102,7 +102,7 @@ class JumpSource:
         has_columns = all(f"FileName_Illum{c}" in frame.columns and f"PathName_Illum{c}" in frame.columns
                           for c in self.jump_channels)
         if has_columns and not cfg.illum_dir:
-            return file_columns(frame, "Illum", self.jump_channels, self.root, cfg.path_map)
+            return file_columns(frame, "Illum", self.jump_channels, self.root, cfg.path_map, cfg.rebase)
         pattern = cfg.illum_dir or "images/{batch}/illum/{plate}"
         out = []
         for plate, batch in zip(frame["Metadata_Plate"], frame.get("Metadata_Batch", pd.Series([""] * len(frame)))):
