@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -48,9 +49,13 @@ def test_round_trip_several_shards_with_bounded_buffer(tmp_path: Path) -> None:
 
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["dim"] == 4 and manifest["rows"] == 25
-    assert manifest["shards"] == [{"file": "part-00000.parquet", "rows": 10},
-                                  {"file": "part-00001.parquet", "rows": 10},
-                                  {"file": "part-00002.parquet", "rows": 5}]
+    assert [{k: s[k] for k in ("file", "start", "rows")} for s in manifest["shards"]] == [
+        {"file": "part-00000.parquet", "start": 0, "rows": 10},
+        {"file": "part-00001.parquet", "start": 10, "rows": 10},
+        {"file": "part-00002.parquet", "start": 20, "rows": 5}]
+    for shard in manifest["shards"]:
+        assert shard["sha256"] == hashlib.sha256((tmp_path / shard["file"]).read_bytes()).hexdigest()
+    assert manifest["complete"] is True
     assert manifest["columns"] == ["cell_id", "well", "area", "is_control", "reviewed"]
     assert manifest["info"] == info and table.manifest["info"] == info
 
@@ -86,8 +91,10 @@ def test_corrupt_shard_is_a_data_error(tmp_path: Path) -> None:
     with EmbeddingWriter(tmp_path, shard_rows=10) as writer:
         writer.write(meta, emb)
     (tmp_path / "part-00001.parquet").write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(DataError, match=r"part-00001.parquet is unreadable or corrupt"):
+    with pytest.raises(DataError, match=r"part-00001.parquet changed after it was written"):
         read_embeddings(tmp_path)
+    with pytest.raises(DataError, match=r"part-00001.parquet is unreadable or corrupt"):
+        read_embeddings(tmp_path / "part-00001.parquet")  # one file is read as is
 
 
 def test_missing_folder_contents_and_dimension_mismatch(tmp_path: Path) -> None:
@@ -109,7 +116,7 @@ def test_manifest_listing_a_missing_shard_is_a_data_error(tmp_path: Path) -> Non
     with EmbeddingWriter(tmp_path, shard_rows=10) as writer:
         writer.write(meta, emb)
     (tmp_path / "part-00000.parquet").unlink()
-    with pytest.raises(DataError, match=r"list shards that are missing: \['part-00000.parquet'\]"):
+    with pytest.raises(DataError, match=r"shard\(s\) \['part-00000.parquet'\] listed in the manifest are missing"):
         read_embeddings(tmp_path)
 
 
@@ -138,12 +145,63 @@ def test_writer_rejects_bad_input(tmp_path: Path) -> None:
         EmbeddingWriter(tmp_path / "b", info={"bad": object()})
 
 
-def test_interrupted_export_writes_no_manifest(tmp_path: Path) -> None:
+def test_interrupted_export_writes_no_manifest_and_is_not_read(tmp_path: Path) -> None:
     meta, emb = _batch(0, 25)
     with pytest.raises(RuntimeError, match="boom"), EmbeddingWriter(tmp_path, shard_rows=10) as writer:
         writer.write(meta, emb)
         raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
-    assert len(read_embeddings(tmp_path)) == 20  # the complete shards stay readable
-    with pytest.raises(DataError, match=r"columns \['plate'\] are not in the embedding table"):
-        read_embeddings(tmp_path, columns=["plate"])
+    with pytest.raises(DataError, match=r"2 embedding shard\(s\) but no manifest: the export did not finish"):
+        read_embeddings(tmp_path)
+
+
+def test_resumed_writer_keeps_complete_shards_of_the_same_fingerprint(tmp_path: Path) -> None:
+    meta, emb = _batch(0, 25)
+    with pytest.raises(RuntimeError), EmbeddingWriter(tmp_path, shard_rows=10, fingerprint="abc") as writer:
+        writer.write(meta.iloc[:15], emb[:15])  # one full shard flushed, 5 rows lost
+        raise RuntimeError("killed")
+    first = (tmp_path / "part-00000.parquet").read_bytes()
+    with EmbeddingWriter(tmp_path, shard_rows=10, fingerprint="other", resume=True) as writer:
+        assert writer.resumed_rows == 0  # another fingerprint: nothing is kept
+        writer.write(meta.iloc[:10], emb[:10])
+    assert not (tmp_path / "manifest.json").read_text().count("abc")
+    with pytest.raises(RuntimeError), EmbeddingWriter(tmp_path, shard_rows=10, fingerprint="abc",
+                                                      overwrite=True) as writer:
+        writer.write(meta.iloc[:15], emb[:15])
+        raise RuntimeError("killed")
+    first = (tmp_path / "part-00000.parquet").read_bytes()
+    with EmbeddingWriter(tmp_path, shard_rows=10, fingerprint="abc", resume=True, expected_rows=25) as writer:
+        assert writer.resumed_rows == 10
+        writer.write(meta.iloc[10:], emb[10:])
+    assert (tmp_path / "part-00000.parquet").read_bytes() == first  # kept, not rewritten
+    table = read_embeddings(tmp_path, expected_fingerprint="abc")
+    np.testing.assert_array_equal(table.embeddings, emb)
+    assert table.metadata["cell_id"].tolist() == list(range(25))
+    with pytest.raises(DataError, match="computed from another data"):
+        read_embeddings(tmp_path, expected_fingerprint="xyz")
+
+
+def test_extra_or_unlisted_shards_and_row_count_are_refused(tmp_path: Path) -> None:
+    meta, emb = _batch(0, 20)
+    with EmbeddingWriter(tmp_path, shard_rows=10) as writer:
+        writer.write(meta, emb)
+    (tmp_path / "part-00002.parquet").write_bytes((tmp_path / "part-00001.parquet").read_bytes())
+    with pytest.raises(DataError, match=r"\['part-00002.parquet'\] are listed in no manifest"):
+        read_embeddings(tmp_path)
+    (tmp_path / "part-00002.parquet").unlink()
+    with pytest.raises(DataError, match="wrote 20 rows, expected 30; no manifest written"), \
+            EmbeddingWriter(tmp_path / "b", expected_rows=30) as writer:
+        writer.write(meta, emb)
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_missing_rank_manifest_is_refused(tmp_path: Path) -> None:
+    for rank in range(2):
+        meta, emb = _batch(rank * 100, 5)
+        with EmbeddingWriter(tmp_path, shard_prefix=f"rank{rank:03d}-", extra={"rank": rank, "world_size": 2}) as w:
+            w.write(meta, emb)
+    assert len(read_embeddings(tmp_path)) == 10
+    (tmp_path / "rank001-manifest.json").unlink()
+    (tmp_path / "rank001-part-00000.parquet").unlink()
+    with pytest.raises(DataError, match=r"manifests of rank\(s\) \[1\] of 2 are missing"):
+        read_embeddings(tmp_path)

@@ -1,11 +1,16 @@
-"""The stages a run executes (train, embed, eval), built from a validated run config.
+"""The stages a run executes (train, embed, eval), from one validated :class:`~cellssl.plan.model.RunPlan`.
 
-A :class:`Run` holds the resolved config, the run directory and the device. The stage functions take
-a :class:`Run` and write their outputs inside its directory:
+:func:`execute` builds the plan (every section, every ``eval[i]``, the launcher, the weights) and runs
+its cross-section checks before any stage starts or anything is written; then it prepares the run
+directory (:func:`cellssl.plan.run_dir.prepare_run_dir`) and runs the stages, each reading its typed
+section of the plan:
 
 - ``train`` (when an ``objective`` is configured): ``checkpoints/`` and ``teacher_backbone.pt``;
-- ``embed``: ``embeddings/part-*.parquet`` + ``manifest.json``;
+- ``embed``: ``embeddings/part-*.parquet`` + ``manifest.json`` (written last; resumable by shard);
 - ``eval``: ``eval/<evaluator>.json``.
+
+Rows a dataset skipped (``on_corrupt: skip``) are listed in ``skipped.csv`` and counted in the manifest and
+in every evaluator's result.
 """
 
 from __future__ import annotations
@@ -19,42 +24,44 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from cellssl.atomic import atomic_write_json
+from cellssl.atomic import atomic_write_json, atomic_write_text
 from cellssl.channels.base import ChannelStrategy
-from cellssl.config.compose import save_resolved_config
-from cellssl.config.schema import STAGES, EmbedSection, NormalizeSection, RunSection
-from cellssl.config.validate import build_component, validate_block
+from cellssl.config.schema import RunSection
 from cellssl.data.dataset import CellDataset
-from cellssl.errors import CheckpointError, ConfigError
+from cellssl.errors import ConfigError
+from cellssl.plan.build import build_plan, component, data_spec
+from cellssl.plan.checks import build_dataset as build_dataset_spec
+from cellssl.plan.checks import check_plan, plan_dataset
+from cellssl.plan.model import RunPlan
 
 logger = logging.getLogger(__name__)
 
 TEACHER_BACKBONE_FILE = "teacher_backbone.pt"
+SKIPPED_FILE = "skipped.csv"
 
 
 @dataclass
 class Run:
-    """A run being executed: its config, directory and device."""
+    """A run being executed: its plan, config, directory and device."""
 
     config: DictConfig
     settings: RunSection
     run_dir: Path
     device: torch.device
+    plan: RunPlan | None = None
 
     def stages(self) -> list[str]:
-        """The stages to execute: ``run.stages``, or those the config's sections call for."""
-        if self.settings.stages is not None:
-            return list(self.settings.stages)
-        stages = []
-        if self.config.get("objective") is not None:
-            stages.append("train")
-        stages.append("embed")
-        if self.config.get("eval"):
-            stages.append("eval")
-        return stages
+        """The stages to execute (the plan's)."""
+        return list(self.require_plan().stages)
+
+    def require_plan(self) -> RunPlan:
+        """The run's checked plan (built from ``config`` when the run was made without one)."""
+        if self.plan is None:
+            self.plan = build_plan(self.config)
+        return check_plan(self.plan)
 
 
 def select_device(name: str) -> torch.device:
@@ -76,106 +83,204 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(config: DictConfig, *, save_config: bool = True) -> Run:
-    """Validate the ``run:`` section, seed, set threads, create the run directory, save the config.
+def _write_skipped(plan: RunPlan, run_dir: Path) -> None:
+    """``skipped.csv``: one line per row a dataset of the plan skipped (dataset key, row, file, reason)."""
+    import pandas as pd
 
-    Started by torchrun or the slurm launcher (``WORLD_SIZE > 1``), the process joins the process group
-    (:func:`cellssl.train.distributed.init_distributed`, options from ``train.distributed``) and uses the
-    device of its local rank; only rank 0 writes the config.
+    frames = []
+    for key, dataset in plan.cache.get("datasets", {}).items():
+        skipped = getattr(dataset, "skipped", None)
+        if skipped is None or not len(skipped):
+            continue
+        frames.append(pd.DataFrame({
+            "dataset": key,
+            "row": skipped["table_row"] if "table_row" in skipped else range(len(skipped)),
+            "file": skipped.get("file", ""),
+            "reason": skipped.get("error", ""),
+        }))
+    path = run_dir / SKIPPED_FILE
+    if frames:
+        table = pd.concat(frames, ignore_index=True)
+        atomic_write_text(path, table.to_csv(index=False))
+        logger.warning("%d row(s) skipped (on_corrupt: skip), listed in %s", len(table), path)
+    elif path.exists():
+        path.unlink()
+
+
+def skipped_count(plan: RunPlan, key: str = "data") -> int:
+    """Rows the dataset ``key`` of the plan skipped."""
+    skipped = getattr(plan.cache.get("datasets", {}).get(key), "skipped", None)
+    return 0 if skipped is None else len(skipped)
+
+
+def start_run(config: DictConfig | RunPlan, *, save_config: bool = True, restart: bool = False) -> Run:
+    """Validate and check the plan, seed, set threads, join the process group, then prepare the run directory.
+
+    Nothing is written before the plan validated and its checks passed. Started by torchrun or the slurm
+    launcher (``WORLD_SIZE > 1``), the process joins the process group (options from ``train.distributed``)
+    and uses the device of its local rank; only rank 0 writes the config.
+
+    :param restart: start over in a run directory whose finished outputs came from another config.
+    :raises ConfigError: for an invalid plan, or a run directory holding another config's outputs.
     """
+    from cellssl.plan.run_dir import prepare_run_dir
     from cellssl.train.distributed import init_distributed, is_main_process
 
-    settings = validate_block(config.get("run"), RunSection, "run")
+    plan = config if isinstance(config, RunPlan) else build_plan(config)
+    settings = plan.run
     seed_everything(settings.seed)
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    backend = str(OmegaConf.select(config, "train.distributed.backend", default="auto"))
-    if backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError("train.distributed.backend", f"must be auto, nccl or gloo, got {backend!r}")
-    timeout = int(OmegaConf.select(config, "train.distributed.timeout_minutes", default=30))
-    device = init_distributed(select_device(settings.device), backend, timeout).device
-    run_dir = Path(settings.output_dir or "runs/run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if save_config and is_main_process():
-        save_resolved_config(config, run_dir)
-    return Run(config, settings, run_dir, device)
+    check_plan(plan)
+    distributed = plan.train.distributed
+    device = init_distributed(select_device(settings.device), distributed.backend, distributed.timeout_minutes).device
+    main = is_main_process()
+    run_dir = prepare_run_dir(plan, restart=restart, write=save_config and main)
+    if save_config and main:
+        _write_skipped(plan, run_dir)
+    return Run(plan.config, settings, run_dir, device, plan)
 
 
 def build_dataset(config: DictConfig, key: str = "data") -> CellDataset:
-    """Build the dataset of ``config.<key>``."""
-    dataset = build_component(config.get(key), "dataset", key)
-    logger.info("%s", dataset.describe())
-    return dataset
+    """Build the dataset of the block ``config.<key>`` (``use_channels`` and the data policy applied)."""
+    return build_dataset_spec(data_spec(config.get(key), key))
 
 
 def build_strategy(config: DictConfig) -> ChannelStrategy:
     """Build the channel strategy of ``config.channels`` (default ``fixed``)."""
-    block = config.get("channels")
-    return build_component(block if block is not None else {"name": "fixed"}, "channel_strategy", "channels")
+    return component(config.get("channels") or {"name": "fixed"}, "channel_strategy", "channels").build()
 
 
-def build_backbone(config: DictConfig, strategy: ChannelStrategy, channel_names: tuple[str, ...]) -> nn.Module:
-    """Build ``config.backbone`` with the strategy's ``in_chans`` for ``channel_names``."""
-    if config.get("backbone") is None:
+def build_backbone(
+    config: DictConfig | RunPlan, strategy: ChannelStrategy, channel_names: tuple[str, ...]
+) -> nn.Module:
+    """Build the backbone (``config.backbone`` or the plan's) with the strategy's ``in_chans`` for ``channel_names``."""
+    if isinstance(config, RunPlan):
+        spec = config.backbone
+    else:
+        spec = component(config.backbone, "backbone", "backbone") if config.get("backbone") is not None else None
+    if spec is None:
         raise ConfigError("backbone", "is required, e.g. `backbone: {name: vit_small, patch_size: 16}`.")
-    return build_component(config.backbone, "backbone", "backbone", in_chans=strategy.in_chans(channel_names))
+    return spec.build(in_chans=strategy.in_chans(channel_names))
 
 
 def resolve_weights(run: Run) -> Path | None:
     """The backbone weights to embed with: ``weights:``, else this run's trained teacher, else none."""
-    weights = run.config.get("weights")
-    if weights:
-        path = Path(str(weights))
-        if not path.is_file():
-            raise CheckpointError(
-                f"config key 'weights': checkpoint file '{path}' does not exist. Point it at a backbone "
-                f"checkpoint (e.g. a run's {TEACHER_BACKBONE_FILE}) or remove it to embed with random weights."
-            )
-        return path
+    plan = run.plan if run.plan is not None else build_plan(run.config)
+    if plan.weights is not None:
+        return plan.weights.path
     trained = run.run_dir / TEACHER_BACKBONE_FILE
     return trained if trained.is_file() else None
 
 
-def embed_stage(run: Run) -> Path:
-    """Embed the dataset into ``run_dir/embeddings`` and return that folder."""
-    from cellssl.data.preprocess import build_eval_preprocess
-    from cellssl.eval.distributed_embed import clear_embedding_dir, embedding_share, finish_embedding
-    from cellssl.eval.export import export_embeddings
-    from cellssl.models.checkpoint import load_backbone_weights
+def _stats_fingerprint(plan: RunPlan) -> str:
+    """What this run's channel statistics depend on: ``data`` and, when configured, ``train.extra_datasets``."""
+    from cellssl.plan.fingerprint import stats_fingerprint
+
+    specs = [plan.data, *[e.data for e in plan.extra_datasets]]
+    datasets = _stats_datasets(plan)
+    return stats_fingerprint([s.as_dict() for s in specs if s is not None], datasets, plan.normalize, 0)
+
+
+def _stats_datasets(plan: RunPlan) -> list[CellDataset]:
+    built = plan.cache.setdefault("datasets", {})
+    out = [plan_dataset(plan)]
+    for extra in plan.extra_datasets:
+        if extra.data.key not in built:
+            built[extra.data.key] = build_dataset_spec(extra.data)
+        out.append(built[extra.data.key])
+    return out
+
+
+def stats_source(plan: RunPlan) -> tuple[Any, str]:
+    """``(dataset, fingerprint)`` channel statistics are computed from: ``data`` (+ extra datasets)."""
+    from torch.utils.data import ConcatDataset
+
+    datasets = _stats_datasets(plan)
+    source = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    return source, _stats_fingerprint(plan)
+
+
+def _eval_preprocess(run: Run) -> Any:
+    from cellssl.data.preprocess import EvalPreprocess, build_run_normalizer
     from cellssl.train.distributed import main_process_first
 
-    dataset = build_dataset(run.config)
-    strategy = build_strategy(run.config)
-    embed = validate_block(run.config.get("embed"), EmbedSection, "embed")
-    backbone = build_backbone(run.config, strategy, tuple(dataset.channel_names))
+    plan = run.require_plan()
+    source, fingerprint = stats_source(plan)
+    with main_process_first():  # rank 0 computes and stores dataset statistics, the others read them
+        normalizer = build_run_normalizer(plan.normalize, source, run.run_dir, fingerprint)
+    return EvalPreprocess(normalizer, plan.embed.img_size)
+
+
+def _weighted_backbone(run: Run, channel_names: tuple[str, ...]) -> tuple[nn.Module, Path | None]:
+    """The plan's backbone with the run's weights (those the plan checked, when they are the ones used)."""
+    from cellssl.models.checkpoint import load_backbone_weights
+
+    plan = run.require_plan()
     weights = resolve_weights(run)
+    cached = plan.cache.get("weighted_backbone")
+    if cached is not None and plan.weights is not None and weights == plan.weights.path:
+        return cached, weights
+    backbone = build_backbone(plan, plan.cache["strategy"], channel_names)
     if weights is not None:
-        load_backbone_weights(backbone, weights)
+        prefix = plan.weights.key_prefix if plan.weights is not None else None
+        load_backbone_weights(backbone, weights, key_prefix=prefix)
         logger.info("loaded backbone weights from %s", weights)
     else:
         logger.warning("embedding with a randomly initialised backbone (no `weights:` and no trained teacher)")
-    features = embed.features
+    return backbone, weights
+
+
+def expected_embedding(run: Run) -> tuple[str, dict[str, Any]] | None:
+    """``(fingerprint, parts)`` the run's embeddings must have (``None`` without data or backbone)."""
+    from cellssl.plan.fingerprint import digest, embedding_parts
+
+    plan = run.require_plan()
+    if plan.data is None or plan.backbone is None:
+        return None
+    dataset = plan_dataset(plan)
+    parts = embedding_parts(plan, dataset, resolve_weights(run))
+    parts["rows_embedded"] = min(plan.embed.limit if plan.embed.limit is not None else len(dataset), len(dataset))
+    return digest(parts), parts
+
+
+def embed_stage(run: Run) -> Path:
+    """Embed the dataset into ``run_dir/embeddings`` (resuming a killed export) and return that folder."""
+    from cellssl.eval.distributed_embed import clear_embedding_dir, embedding_share, finish_embedding
+    from cellssl.eval.export import export_embeddings
+    from cellssl.train.distributed import get_rank, get_world_size
+
+    plan = run.require_plan()
+    dataset = plan_dataset(plan)
+    strategy = plan.cache["strategy"]
+    backbone, weights = _weighted_backbone(run, tuple(dataset.channel_names))
+    features = plan.embed.features
     if features.n_last_blocks != 1 or features.avgpool:
         from cellssl.models.features import FeatureExtractor
 
         backbone = FeatureExtractor(backbone, features.n_last_blocks, features.avgpool)
         logger.info("embedding features: %s", backbone.extra_repr())
-    normalize = validate_block(run.config.get("normalize"), NormalizeSection, "normalize")
-    with main_process_first():  # rank 0 computes and stores dataset statistics, the others read them
-        preprocess = build_eval_preprocess(embed, normalize, dataset, run.run_dir)
-    limit = embed.limit if embed.limit is not None else len(dataset)
+    preprocess = _eval_preprocess(run)
+    expected = expected_embedding(run)
+    assert expected is not None
+    fingerprint, parts = expected
+    total = parts["rows_embedded"]
     out_dir = run.run_dir / "embeddings"
+    indices, shard_prefix = embedding_share(total)  # this rank's share (all of it alone)
     clear_embedding_dir(out_dir)
-    indices, shard_prefix = embedding_share(min(limit, len(dataset)))  # this rank's share (all of it alone)
+    rank, world = get_rank(), get_world_size()
+    extra = {"rank": rank, "world_size": world, "total_rows": total,
+             "skipped_rows": skipped_count(plan) if rank == 0 else 0}
     export_embeddings(
         dataset, strategy, backbone, out_dir,
-        preprocess=preprocess, batch_size=embed.batch_size, num_workers=embed.num_workers,
-        precision=embed.precision, device=run.device, shard_rows=embed.shard_rows,
-        indices=indices, shard_prefix=shard_prefix,
-        manifest_info={"backbone": OmegaConf.to_container(run.config.backbone, resolve=True),
+        preprocess=preprocess, batch_size=plan.embed.batch_size, num_workers=plan.embed.num_workers,
+        precision=plan.embed.precision, device=run.device, shard_rows=plan.embed.shard_rows,
+        indices=indices, shard_prefix=shard_prefix, fingerprint=fingerprint, manifest_extra=extra,
+        manifest_info={"backbone": plan.backbone.as_dict() if plan.backbone else None,
                        "weights": str(weights) if weights else None,
                        "features": {"n_last_blocks": features.n_last_blocks, "avgpool": features.avgpool},
-                       "dataset": OmegaConf.to_container(run.config.data, resolve=True)},
+                       "dataset": plan.data.as_dict() if plan.data else None,
+                       "fingerprint_parts": parts},
     )
     finish_embedding()
     return out_dir
@@ -187,95 +292,89 @@ def eval_loaders(run: Run) -> tuple[Callable[[], tuple[Any, Any]] | None, Callab
     :return: ``(load_dataset, load_model)``: ``load_dataset() -> (dataset, preprocess)`` (the embed
         stage's preprocessing) and ``load_model() -> (channel strategy, backbone)`` (the run's weights,
         eval mode, on the run's device; the plain backbone, without the embed stage's feature wrapper).
-        Each is ``None`` when the config lacks ``data`` (or ``backbone``).
+        Each is ``None`` when the plan lacks ``data`` (or ``backbone``).
     """
+    plan = run.require_plan()
     cache: dict[str, tuple[Any, Any]] = {}
 
     def load_dataset() -> tuple[Any, Any]:
         if "dataset" not in cache:
-            from cellssl.data.preprocess import build_eval_preprocess
-
-            dataset = build_dataset(run.config)
-            embed = validate_block(run.config.get("embed"), EmbedSection, "embed")
-            normalize = validate_block(run.config.get("normalize"), NormalizeSection, "normalize")
-            cache["dataset"] = (dataset, build_eval_preprocess(embed, normalize, dataset, run.run_dir))
+            cache["dataset"] = (plan_dataset(plan), _eval_preprocess(run))
         return cache["dataset"]
 
     def load_model() -> tuple[Any, Any]:
         if "model" not in cache:
-            from cellssl.models.checkpoint import load_backbone_weights
-
-            dataset, _ = load_dataset()
-            strategy = build_strategy(run.config)
-            backbone = build_backbone(run.config, strategy, tuple(dataset.channel_names))
-            weights = resolve_weights(run)
-            if weights is not None:
-                load_backbone_weights(backbone, weights)
-            cache["model"] = (strategy, backbone.to(run.device).eval())
+            dataset = plan_dataset(plan)
+            backbone, _ = _weighted_backbone(run, tuple(dataset.channel_names))
+            cache["model"] = (plan.cache["strategy"], backbone.to(run.device).eval())
         return cache["model"]
 
-    has_data = run.config.get("data") is not None
-    has_model = has_data and run.config.get("backbone") is not None
+    has_data = plan.data is not None
+    has_model = has_data and plan.backbone is not None
     return (load_dataset if has_data else None), (load_model if has_model else None)
 
 
-def _weights_identity(run: Run) -> str | None:
-    """The weights the run's backbone uses, for result identities (``None``: random initialisation)."""
-    if not run.config.get("backbone"):
-        return None
-    weights = resolve_weights(run)
-    return str(weights) if weights is not None else None
-
-
 def eval_stage(run: Run) -> list[dict[str, Any]]:
-    """Run every evaluator of ``eval:`` on the run's embeddings; write ``eval/<name>.json`` each."""
+    """Run every evaluator of ``eval:`` on the run's (complete, current) embeddings; write ``eval/<name>.json``."""
     from cellssl.eval.base import EvalContext
     from cellssl.eval.embeddings import read_embeddings
     from cellssl.train.distributed import is_main_process
 
     if not is_main_process():  # evaluation reads every rank's shards, once, on rank 0
         return []
-    blocks = run.config.get("eval") or []
-    if not blocks:
+    plan = run.require_plan()
+    if not plan.evaluators:
         raise ConfigError("eval", "lists no evaluator; add e.g. `eval: [{name: knn, label_column: label}]`.")
-    table = read_embeddings(run.run_dir / "embeddings")
+    expected = expected_embedding(run)
+    table = read_embeddings(run.run_dir / "embeddings", expected_fingerprint=expected[0] if expected else None,
+                            expected_parts=expected[1] if expected else None)
     load_dataset, load_model = eval_loaders(run)
-    context = EvalContext(run_dir=run.run_dir, identity={
-        "dataset": OmegaConf.to_container(run.config.get("data"), resolve=True) if run.config.get("data") else None,
-        "backbone": OmegaConf.to_container(run.config.get("backbone"), resolve=True)
-        if run.config.get("backbone") else None,
-        "weights": _weights_identity(run),
-    }, load_model=load_model, load_dataset=load_dataset, device=str(run.device))
+    dataset = plan_dataset(plan) if plan.data is not None else None
+    weights = resolve_weights(run) if plan.backbone is not None else None
+    context = EvalContext(
+        run_dir=run.run_dir,
+        label_columns=list(getattr(dataset, "label_columns", ()) or ()),
+        label_separator=getattr(dataset, "label_separator", None),
+        identity={"dataset": plan.data.as_dict() if plan.data else None,
+                  "backbone": plan.backbone.as_dict() if plan.backbone else None,
+                  "weights": str(weights) if weights is not None else None},
+        load_model=load_model, load_dataset=load_dataset, device=str(run.device))
+    skipped = int(table.manifest.get("skipped_rows", 0))
     results = []
     names_seen: dict[str, int] = {}
-    for position, block in enumerate(blocks):
-        key = f"eval[{position}]"
-        evaluator = build_component(block, "evaluator", key)
-        logger.info("evaluating with %s", block.get("name"))
+    for evaluator_spec in plan.evaluators:
+        evaluator = evaluator_spec.build()
+        logger.info("evaluating with %s", evaluator_spec.name)
         result = evaluator.evaluate(table, context)
-        name = str(block.get("name"))
+        name = evaluator_spec.name
         names_seen[name] = names_seen.get(name, 0) + 1
         file_name = name if names_seen[name] == 1 else f"{name}_{names_seen[name]}"
-        result = {"evaluator": name, **result}
+        result = {"evaluator": name, **result,
+                  "skipped_rows": {"count": skipped, "file": SKIPPED_FILE if skipped else None}}
         atomic_write_json(run.run_dir / "eval" / f"{file_name}.json", result)
         results.append(result)
     return results
 
 
-def execute(config: DictConfig, stages: list[str] | None = None) -> tuple[Run, dict[str, Any]]:
-    """Execute ``stages`` (default: :meth:`Run.stages`) of the run described by ``config``.
+def execute(config: DictConfig | RunPlan, stages: list[str] | None = None, *,
+            restart: bool = False) -> tuple[Run, dict[str, Any]]:
+    """Execute ``stages`` (default: the plan's) of the run described by ``config``.
 
+    The whole plan is validated and checked first: an error in any section stops the run before any stage
+    starts and before the run directory is created or changed.
+
+    :param restart: see :func:`start_run`.
     :return: the run and a mapping stage -> its output (path or results).
     """
     from cellssl.train.distributed import shutdown_distributed
 
-    run = start_run(config)
-    todo = stages if stages is not None else run.stages()
-    outputs: dict[str, Any] = {}
+    plan = config if isinstance(config, RunPlan) else build_plan(config, stages)
+    if stages is not None and plan.stages != list(stages):
+        plan = build_plan(plan.config, stages)
     try:
-        for stage in todo:
-            if stage not in STAGES:
-                raise ConfigError("run.stages", f"unknown stage '{stage}'; stages are {STAGES}")
+        run = start_run(plan, restart=restart)
+        outputs: dict[str, Any] = {}
+        for stage in plan.stages:
             logger.info("stage %s (run dir %s)", stage, run.run_dir)
             if stage == "train":
                 from cellssl.train.stage import train_stage

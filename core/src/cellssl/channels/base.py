@@ -27,6 +27,13 @@ class ChannelStrategy(ABC):
 
     name: str = "abstract"
 
+    def check_channels(self, channel_names: Sequence[str]) -> None:
+        """Raise if data with ``channel_names`` cannot be trained on or embedded; called before a run starts.
+
+        The default accepts any channels. :raises cellssl.errors.DataError: saying what to change.
+        """
+        return None
+
     @abstractmethod
     def in_chans(self, channel_names: Sequence[str]) -> int:
         """Input channels of the backbone for data with ``channel_names``."""

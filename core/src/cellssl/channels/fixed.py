@@ -33,9 +33,15 @@ class FixedChannels(ChannelStrategy):
         raise DataError(
             f"the 'fixed' channel strategy was set up for channels {list(self.expected)} but the data has "
             f"{list(names)} (missing: {missing or 'none'}, unexpected: {extra or 'none'}). A fixed multichannel "
-            "model only takes the channels it was trained on: select those channels in the dataset config, "
-            "or use a channel-adaptive strategy (bag_of_channels, per_channel_concat)."
+            "model only takes the channels it was trained on: "
+            + (f"select them with `use_channels: {list(self.expected)}` in the `data:` block, " if not missing
+               else "give it data with those channels (`use_channels: [...]` in the `data:` block selects and "
+                    "orders a dataset's channels), ")
+            + "or use a channel-adaptive strategy (bag_of_channels, per_channel_concat)."
         )
+
+    def check_channels(self, channel_names: Sequence[str]) -> None:
+        self._order(channel_names)
 
     def in_chans(self, channel_names: Sequence[str]) -> int:
         return len(self.expected) if self.expected else len(channel_names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cellssl.data.normalize import NormalizeConfig
+from cellssl.data.normalize_config import NormalizeConfig
 
 PRECISIONS = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")

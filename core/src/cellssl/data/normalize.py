@@ -30,33 +30,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from cellssl.atomic import atomic_write_text
+from cellssl.data.normalize_config import NORMALIZE_MODES, NormalizeConfig
 from cellssl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-NORMALIZE_MODES = ("per_image", "dataset", "scale", "none")
+__all__ = [
+    "NORMALIZE_MODES", "ChannelStats", "NormalizeConfig", "Normalizer", "build_normalizer", "compute_channel_stats",
+]
+
 Normalizer = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
-
-
-@dataclass
-class NormalizeConfig:
-    """Which normalisation to apply.
-
-    :ivar mode: one of ``per_image``, ``dataset``, ``scale``, ``none``.
-    :ivar eps: added to the std in the denominator.
-    :ivar stats_path: JSON written by :meth:`ChannelStats.save`; used by ``dataset`` mode when no
-        stats object is passed to :func:`build_normalizer`.
-    """
-
-    mode: str = "per_image"
-    eps: float = 1e-7
-    stats_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in NORMALIZE_MODES:
-            raise ValueError(f"normalize.mode must be one of {list(NORMALIZE_MODES)}, got {self.mode!r}")
-        if not self.eps >= 0:
-            raise ValueError(f"normalize.eps must be >= 0, got {self.eps}")
 
 
 @dataclass
@@ -68,6 +51,7 @@ class ChannelStats:
     :ivar pixels: channel name -> number of pixels seen.
     :ivar num_images: number of images the statistics were computed from.
     :ivar source: where the stats were loaded from (for error messages; not saved).
+    :ivar fingerprint: digest of what the statistics were computed from (``""``: unknown).
     """
 
     mean: dict[str, float]
@@ -75,13 +59,15 @@ class ChannelStats:
     pixels: dict[str, int] = field(default_factory=dict)
     num_images: int = 0
     source: str = ""
+    fingerprint: str = ""
 
     @property
     def channels(self) -> tuple[str, ...]:
         return tuple(self.mean)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "pixels": self.pixels, "num_images": self.num_images}
+        return {"mean": self.mean, "std": self.std, "pixels": self.pixels, "num_images": self.num_images,
+                "fingerprint": self.fingerprint}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temporary file in the same folder, then rename). Returns the path."""
@@ -108,12 +94,16 @@ class ChannelStats:
             raise DataError(f"channel stats file {path} lacks 'mean' and 'std' objects keyed by channel name")
         if set(raw["mean"]) != set(raw["std"]):
             raise DataError(f"channel stats file {path}: 'mean' and 'std' name different channels")
+        values = [*raw["mean"].values(), *raw["std"].values()]
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise DataError(f"channel stats file {path} holds non-numeric or non-finite values; recompute it")
         return cls(
             mean={k: float(v) for k, v in raw["mean"].items()},
             std={k: float(v) for k, v in raw["std"].items()},
             pixels={k: int(v) for k, v in raw.get("pixels", {}).items()},
             num_images=int(raw.get("num_images", 0)),
             source=str(path),
+            fingerprint=str(raw.get("fingerprint") or ""),
         )
 
 
@@ -138,6 +128,11 @@ class _Moments:
 
 def _as_list(batch: list) -> list:
     return batch
+
+
+def _short(meta: dict) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in list(meta.items())[:4])
+    return text if len(text) < 200 else text[:200] + "..."
 
 
 def compute_channel_stats(
@@ -173,6 +168,13 @@ def compute_channel_stats(
         for batch in loader:
             for sample in batch:
                 image = sample.image.detach().cpu().numpy().astype(np.float64)
+                if not np.isfinite(image).all():
+                    channel = int(np.flatnonzero(~np.isfinite(image).reshape(len(image), -1).all(axis=1))[0])
+                    raise DataError(
+                        f"sample {sample.index} has non-finite pixel values (NaN or inf) in channel "
+                        f"'{sample.channels[channel]}' (metadata {_short(sample.meta)}); the channel statistics "
+                        "would not be finite. Fix or remove that image (on_corrupt: skip drops such rows)."
+                    )
                 for c, name in enumerate(sample.channels):
                     moments.setdefault(name, _Moments()).add(image[c])
                 seen += 1
@@ -183,6 +185,9 @@ def compute_channel_stats(
         pixels={k: m.count for k, m in moments.items()},
         num_images=seen,
     )
+    bad = [k for k in stats.channels if not (math.isfinite(stats.mean[k]) and math.isfinite(stats.std[k]))]
+    if bad:
+        raise DataError(f"channel statistics of channel(s) {bad} are not finite (overflow in the pixel values?)")
     logger.info("channel stats over %d images for channels %s", seen, list(stats.channels))
     return stats
 

@@ -107,6 +107,7 @@ class TableDataset(CellDataset):
             default_root = Path(".")
             source = source or (config.table or "the given table")
         self.root = Path(root if root is not None else (config.root or default_root)).expanduser()
+        self._root_is_set = root is not None or bool(config.root)
         self.source = source
         self.label_columns = tuple(config.label_columns)
         self.label_separator = config.multilabel_separator
@@ -120,10 +121,11 @@ class TableDataset(CellDataset):
         self._paths = self._resolve_paths(frame, rows)
         self.channel_names = self._declared_channels(frame)
         self.skipped = pd.DataFrame(columns=[*frame.columns, "table_row", "file", "error"])
+        self.metadata = frame
+        self._check_inside_root()
         if config.check_files != "none":
             self._check_exist()
-        self.metadata = frame
-        if config.check_files == "decode":
+        if config.check_files == "decode" or config.on_corrupt == "skip":
             self._decode_all()
         elif config.check_files == "exists" or not self.channel_names:
             self._validate(0, self._read(0))
@@ -226,9 +228,34 @@ class TableDataset(CellDataset):
         """``(sample index, path)`` of every image file the table lists that does not exist, in row order."""
         return [(i, path) for i, paths in enumerate(self._paths) for path in paths if not path.is_file()]
 
+    def _check_inside_root(self) -> None:
+        """With ``data.root`` set, every path must resolve (``..``, symlinks followed) inside it."""
+        from cellssl.data.policy import current_policy
+
+        if not self._root_is_set or self.config.allow_outside_root or current_policy().allow_outside_root:
+            return
+        root = self.root.resolve()
+        outside = [(i, path) for i, paths in enumerate(self._paths) for path in paths
+                   if not path.resolve().is_relative_to(root)]
+        if not outside:
+            return
+        if self.config.on_corrupt == "skip":
+            self._drop([(i, f"{path} resolves outside data.root {root}") for i, path in outside], "outside data.root")
+            return
+        shown = "; ".join(f"{self._row(i)}: {path}" for i, path in outside[:5])
+        more = f" (and {len(outside) - 5} more)" if len(outside) > 5 else ""
+        raise DataError(
+            f"{len(outside)} image path(s) resolve outside data.root {root} (through '..' or a symlink): "
+            f"{shown}{more}. "
+            "Fix the table, or set data.allow_outside_root: true if those files are meant to be read."
+        )
+
     def _check_exist(self) -> None:
         missing = self.missing_files()
         if not missing:
+            return
+        if self.config.on_corrupt == "skip":
+            self._drop([(i, f"file not found: {path}") for i, path in missing], "missing files")
             return
         shown = "; ".join(f"{self._row(i)}: {path}" for i, path in missing[:5])
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -237,36 +264,43 @@ class TableDataset(CellDataset):
             f"{self.root} (data.root)."
         )
 
+    def _drop(self, bad: list[tuple[int, str]], what: str) -> None:
+        """Remove the samples ``bad`` (index, reason) and record them in :attr:`skipped` (``on_corrupt: skip``).
+
+        :raises DataError: if no sample is left.
+        """
+        reasons: dict[int, str] = {}
+        for index, reason in bad:
+            reasons.setdefault(index, reason)
+        dropped = sorted(reasons)
+        records = self.metadata.iloc[dropped].copy()
+        records["table_row"] = [int(self.row_numbers[i]) for i in dropped]
+        records["file"] = [", ".join(str(p) for p in self._paths[i]) for i in dropped]
+        records["error"] = [reasons[i] for i in dropped]
+        self.skipped = records if not len(self.skipped) else pd.concat([self.skipped, records], ignore_index=True)
+        self.skipped = self.skipped.reset_index(drop=True)
+        shown = "; ".join(f"row {r}: {e}" for r, e in zip(records["table_row"][:5], records["error"][:5]))
+        logger.warning("skipped %d of %d rows of %s (%s; on_corrupt=skip): %s%s", len(dropped), len(self._paths),
+                       self.source, what, shown, " ..." if len(dropped) > 5 else "")
+        keep = [i for i in range(len(self._paths)) if i not in reasons]
+        if not keep:
+            raise DataError(f"every row of {self.source} was skipped ({what}); first: {bad[0][1]}")
+        self.metadata = self.metadata.iloc[keep].reset_index(drop=True)
+        self.row_numbers = self.row_numbers[keep]
+        self._paths = [self._paths[i] for i in keep]
+
     def _decode_all(self) -> None:
-        good: list[int] = []
+        """Decode and check every image; with ``on_corrupt: skip`` drop the rows that fail, else raise."""
         bad: list[tuple[int, str]] = []
         for index in range(len(self._paths)):
             try:
-                image = read_sample_image(self._paths[index], self.config.channel_width, self.config.keep_alpha)
+                self._validate(index, self._read(index))
             except DataError as exc:
                 if self.config.on_corrupt != "skip":
-                    raise DataError(f"{self._row(index)}: {exc}") from exc
+                    raise
                 bad.append((index, str(exc)))
-                continue
-            self._validate(index, image)
-            good.append(index)
-        if not bad:
-            return
-        records = self.metadata.iloc[[i for i, _ in bad]].copy()
-        records["table_row"] = [int(self.row_numbers[i]) for i, _ in bad]
-        records["file"] = [", ".join(str(p) for p in self._paths[i]) for i, _ in bad]
-        records["error"] = [message for _, message in bad]
-        self.skipped = records.reset_index(drop=True)
-        shown = "; ".join(f"row {r}: {f}" for r, f in zip(records["table_row"][:5], records["file"][:5]))
-        logger.warning(
-            "skipped %d of %d rows of %s whose image could not be decoded (on_corrupt=skip): %s%s",
-            len(bad), len(self._paths), self.source, shown, " ..." if len(bad) > 5 else "",
-        )
-        if not good:
-            raise DataError(f"no image of {self.source} could be decoded; first error: {bad[0][1]}")
-        self.metadata = self.metadata.iloc[good].reset_index(drop=True)
-        self.row_numbers = self.row_numbers[good]
-        self._paths = [self._paths[i] for i in good]
+        if bad:
+            self._drop(bad, "unreadable or invalid images")
 
     # ------------------------------------------------------------------------------------------ reading
     def _read(self, index: int) -> ImageData:
@@ -300,7 +334,13 @@ class TableDataset(CellDataset):
                     f"{self._row(index)}: {image.source} names its channels {list(names)} but the dataset's "
                     f"first image names them {list(self.channel_names)}; set data.channels to override"
                 )
-        return scale_to_unit(image.array, self.bit_depth, source=f"{self._row(index)}: {image.source}")
+        scaled = scale_to_unit(image.array, self.bit_depth, source=f"{self._row(index)}: {image.source}")
+        if scaled.size and not np.isfinite(scaled).all():
+            raise DataError(
+                f"{self._row(index)}: {image.source} holds non-finite pixel values (NaN or inf); fix the file, or "
+                "set data.on_corrupt: skip to leave such rows out"
+            )
+        return scaled
 
     def load_image(self, index: int) -> torch.Tensor:
         """Read sample ``index`` as float32 ``(C, H, W)`` scaled by ``bit_depth`` (nothing is cached).

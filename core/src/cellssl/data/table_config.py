@@ -32,12 +32,16 @@ class TableDatasetConfig:
     :ivar where: keep only rows whose column equals the value (all conditions must hold).
     :ivar split_column: column holding the split of each row.
     :ivar split: keep only rows whose ``split_column`` equals this; ``None`` keeps all.
-    :ivar on_corrupt: ``"error"`` or ``"skip"`` (drop rows whose image cannot be decoded and report them;
-        needs ``check_files: decode``).
+    :ivar on_corrupt: ``"error"`` (stop on the first bad row, before any output is written) or ``"skip"``: drop
+        every row with a defect — missing file, undecodable image, wrong channel count, values outside the bit
+        depth, non-finite pixels, a path outside ``root`` — and report it (``skipped``; the run writes
+        ``skipped.csv``). Skipping decodes every image when the dataset is built.
     :ivar check_files: ``"exists"`` (every file exists; the first image is decoded), ``"decode"`` (every
         image is decoded and checked), ``"none"``.
     :ivar limit: keep only the first ``limit`` rows after filtering.
     :ivar keep_alpha: keep the alpha channel of RGBA PNGs (layouts storing a fourth stain there).
+    :ivar allow_outside_root: accept paths that resolve outside ``root`` (by default, with ``root`` set, such
+        a path is an error naming the row). Any ``data:`` block may also set it for the datasets a plugin builds.
     """
 
     table: str
@@ -56,6 +60,7 @@ class TableDatasetConfig:
     check_files: str = "exists"
     limit: int | None = None
     keep_alpha: bool = False
+    allow_outside_root: bool = False
 
     def __post_init__(self) -> None:
         parse_bit_depth(self.bit_depth)
@@ -63,10 +68,10 @@ class TableDatasetConfig:
             raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {self.on_corrupt!r}")
         if self.check_files not in CHECK_FILES:
             raise ValueError(f"check_files must be one of {CHECK_FILES}, got {self.check_files!r}")
-        if self.on_corrupt == "skip" and self.check_files != "decode":
+        if self.on_corrupt == "skip" and self.check_files == "none":
             raise ValueError(
-                "on_corrupt='skip' needs check_files='decode': corrupt images are found by decoding every "
-                "image when the dataset is built"
+                "on_corrupt='skip' needs the files checked (check_files 'exists' or 'decode'): bad rows are found "
+                "by decoding every image when the dataset is built"
             )
         if self.channel_width is not None and self.channel_width < 1:
             raise ValueError(f"channel_width must be a positive integer, got {self.channel_width}")

@@ -27,12 +27,22 @@ def embedding_share(n: int) -> tuple[range, str]:
 
 
 def clear_embedding_dir(out_dir: str | Path) -> None:
-    """Remove the shards and manifests of an earlier export (rank 0), then wait for every rank, so no rank
-    writes before the folder is clean and shards of a run with another number of processes never mix."""
+    """Remove (rank 0) the shards and manifests that belong to no rank of this run, then wait for every rank.
+
+    Files of this world's prefixes stay: each rank's writer keeps the complete shards of an interrupted export
+    with the same fingerprint and deletes the rest. Shards of a run with another number of processes never mix.
+    """
     out_dir = Path(out_dir)
-    if get_rank() == 0:
+    world = get_world_size()
+    prefixes = {rank_shard_prefix(r, world) for r in range(world)}
+    if get_rank() == 0 and out_dir.is_dir():
         for stale in [*out_dir.glob("*.parquet"), *out_dir.glob("*manifest.json")]:
-            stale.unlink()
+            name = stale.name
+            prefix = name[: name.index("part-")] if "part-" in name else name[: -len("manifest.json")]
+            if prefix not in prefixes:
+                stale.unlink()
+        for temporary in out_dir.glob(".*.tmp"):  # left by a write that was killed
+            temporary.unlink(missing_ok=True)
     barrier()
 
 

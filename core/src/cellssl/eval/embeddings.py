@@ -4,13 +4,17 @@ On-disk format of one embedding folder::
 
     <dir>/<prefix>part-00000.parquet   metadata columns + column ``embedding`` (fixed-size list<float32>)
     <dir>/<prefix>part-00001.parquet   ...
-    <dir>/<prefix>manifest.json        dim, rows, shards, columns and the writer's extra ``info``
+    <dir>/<prefix>manifest.json        written last: dim, rows, every shard (file, first row, rows, SHA-256),
+                                       columns, the set's fingerprint and the writer's extra ``info``
 
 ``<prefix>`` is empty for a single writer; several processes (one per rank) writing into one folder
 each use their own prefix (``rank00-``, ``rank01-``), so their shards and manifests never collide.
 Every file is written to a hidden temporary file in the same folder and moved into place with
 :func:`os.replace`, so a reader never sees a half-written shard. A writer that exits with an exception
-writes no manifest: shards without a manifest mark an interrupted export.
+writes no manifest: shards without a manifest mark an interrupted export, which
+:func:`~cellssl.eval.manifest.verify_manifests` refuses to read. Each shard's Parquet footer records the
+set's fingerprint and its position, so an interrupted export resumes (``resume=True``): the complete
+shards of the same fingerprint are kept and the writer continues after them.
 
 Metadata values (str, int, float, bool, None) are stored with pyarrow's pandas conversion and read
 back per shard, so each shard restores the dtypes it was written with; the reader concatenates shards
@@ -20,6 +24,7 @@ back as ``float64``, exactly as ``pandas.concat`` of the written frames would).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -40,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 EMBEDDING_COLUMN = "embedding"
 MANIFEST_SUFFIX = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FOOTER_KEY = b"cellssl"
 
 
 @dataclass
@@ -90,6 +96,11 @@ class EmbeddingWriter:
     :param info: JSON-serialisable extra information stored under ``info`` in the manifest.
     :param overwrite: delete this prefix's existing shards and manifest first; without it, existing
         shards of the same prefix raise :class:`DataError`.
+    :param fingerprint: digest of what the embeddings depend on (stored in every shard and the manifest).
+    :param resume: keep the leading complete shards of this prefix written with the same ``fingerprint`` and
+        ``shard_rows`` (see :attr:`resumed_rows`); delete the rest.
+    :param expected_rows: rows this writer will write in all; :meth:`close` refuses a different count.
+    :param extra: JSON-serialisable top-level manifest entries (rank, world size, skipped rows).
     :raises ValueError: for a non-positive ``shard_rows`` or an invalid prefix.
     :raises TypeError: if ``info`` is not JSON-serialisable.
     :raises DataError: if ``out_dir`` already holds shards of this prefix and ``overwrite`` is false.
@@ -103,6 +114,10 @@ class EmbeddingWriter:
         shard_prefix: str = "",
         info: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        fingerprint: str = "",
+        resume: bool = False,
+        expected_rows: int | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
@@ -114,9 +129,23 @@ class EmbeddingWriter:
         self.shard_rows = int(shard_rows)
         self.shard_prefix = shard_prefix
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = fingerprint
+        self.expected_rows = expected_rows
+        self.extra = dict(extra or {})
+        json.dumps(self.extra)
+        self._shards: list[dict[str, Any]] = []
+        self._rows = 0
         existing = sorted(self.out_dir.glob(f"{shard_prefix}part-*.parquet"))
         manifest = self.manifest_path
-        if existing or manifest.exists():
+        if resume:
+            self._shards = self._resumable(existing)
+            self._rows = sum(s["rows"] for s in self._shards)
+            kept = {s["file"] for s in self._shards}
+            for path in existing:
+                if path.name not in kept:
+                    path.unlink()
+            manifest.unlink(missing_ok=True)
+        elif existing or manifest.exists():
             if not overwrite:
                 raise DataError(
                     f"{self.out_dir} already holds embedding shards with prefix '{shard_prefix}' "
@@ -126,15 +155,42 @@ class EmbeddingWriter:
             for path in existing:
                 path.unlink()
             manifest.unlink(missing_ok=True)
+        self.resumed_rows = self._rows
         self._buffer_meta: list[pd.DataFrame] = []
         self._buffer_emb: list[np.ndarray] = []
         self._buffered = 0
         self.max_buffered_rows = 0
         self._columns: list[str] | None = None
         self._dim: int | None = None
-        self._shards: list[dict[str, Any]] = []
-        self._rows = 0
+        if self._shards:
+            self._columns, self._dim = self._shards[0].pop("columns"), self._shards[0].pop("dim")
+            for shard in self._shards[1:]:
+                shard.pop("columns"), shard.pop("dim")
         self._closed = False
+
+    def _resumable(self, existing: list[Path]) -> list[dict[str, Any]]:
+        """The leading shards of ``existing`` that a resumed export keeps (same fingerprint, full size)."""
+        import pyarrow.parquet as pq
+
+        kept: list[dict[str, Any]] = []
+        for position, path in enumerate(existing):
+            if path.name != f"{self.shard_prefix}part-{position:05d}.parquet":
+                break
+            try:
+                parquet = pq.ParquetFile(path)
+                footer = json.loads((parquet.schema_arrow.metadata or {}).get(FOOTER_KEY, b"{}"))
+                rows = parquet.metadata.num_rows
+            except Exception:
+                break
+            if (not self.fingerprint or footer.get("fingerprint") != self.fingerprint
+                    or footer.get("start") != position * self.shard_rows or rows != self.shard_rows):
+                break
+            kept.append({"file": path.name, "start": position * self.shard_rows, "rows": rows,
+                         "sha256": footer_digest(path), "columns": footer.get("columns"), "dim": footer.get("dim")})
+        if kept:
+            logger.info("resuming the embedding export in %s: keeping %d complete shard(s), %d rows",
+                        self.out_dir, len(kept), sum(s["rows"] for s in kept))
+        return kept
 
     @property
     def manifest_path(self) -> Path:
@@ -222,10 +278,16 @@ class EmbeddingWriter:
             ) from exc
         flat = pa.array(emb.reshape(-1), type=pa.float32())
         table = table.append_column(EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]))
+        footer = {"fingerprint": self.fingerprint, "start": self._rows, "columns": self._columns, "dim": self._dim}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), FOOTER_KEY: json.dumps(footer)})
         name = f"{self.shard_prefix}part-{len(self._shards):05d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        payload = sink.getvalue().to_pybytes()
         with atomic_open(self.out_dir / name, "wb") as handle:
-            pq.write_table(table, handle)
-        self._shards.append({"file": name, "rows": len(meta)})
+            handle.write(payload)
+        self._shards.append({"file": name, "start": self._rows, "rows": len(meta),
+                             "sha256": hashlib.sha256(payload).hexdigest()})
         self._rows += len(meta)
         self._buffer_meta, self._buffer_emb, self._buffered = [], [], 0
         logger.debug("wrote %s (%d rows)", name, len(meta))
@@ -239,8 +301,14 @@ class EmbeddingWriter:
             return self.manifest_path
         self._flush()
         self._closed = True
+        if self.expected_rows is not None and self._rows != self.expected_rows:
+            raise DataError(f"embedding export to {self.out_dir} wrote {self._rows} rows, expected "
+                            f"{self.expected_rows}; no manifest written")
         manifest = {
             "format_version": FORMAT_VERSION,
+            "complete": True,
+            "fingerprint": self.fingerprint,
+            **self.extra,
             "dim": self._dim,
             "rows": self._rows,
             "embedding_column": EMBEDDING_COLUMN,
@@ -272,6 +340,15 @@ class EmbeddingWriter:
             self.abort()
 
 
+def footer_digest(path: Path) -> str:
+    """SHA-256 (hex) of a shard file's bytes."""
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def _shard_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -283,43 +360,23 @@ def _shard_files(path: Path) -> list[Path]:
     return shards
 
 
-def _read_manifests(folder: Path, shards: Sequence[Path]) -> dict[str, Any]:
-    manifests = sorted(folder.glob(f"*{MANIFEST_SUFFIX}"))
-    if not manifests:
-        return {}
-    merged: dict[str, Any] = {"rows": 0, "shards": [], "info": {}, "manifests": []}
-    for path in manifests:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read embedding manifest {path}: {exc}") from exc
-        merged["manifests"].append(path.name)
-        merged["rows"] += int(data.get("rows", 0))
-        merged["shards"].extend(data.get("shards", []))
-        for key in ("format_version", "dim", "columns", "embedding_column"):
-            if merged.get(key) is None:
-                merged[key] = data.get(key)
-        merged["info"] = {**data.get("info", {}), **merged["info"]}
-    present = {p.name for p in shards}
-    missing = [s["file"] for s in merged["shards"] if s["file"] not in present]
-    if missing:
-        raise DataError(
-            f"the manifests in {folder} list shards that are missing: {missing[:5]}; "
-            "the folder is incomplete, re-export the embeddings"
-        )
-    listed = {s["file"] for s in merged["shards"]}
-    extra = sorted(present - listed)
-    if extra:
-        logger.warning("shards in %s not listed in any manifest (interrupted export?): %s", folder, extra[:5])
-    return merged
+def read_embeddings(
+    path_or_dir: str | Path,
+    columns: Sequence[str] | None = None,
+    *,
+    expected_fingerprint: str | None = None,
+    expected_parts: dict[str, Any] | None = None,
+) -> EmbeddingTable:
+    """Read every shard of a complete embedding folder (sorted by name, any prefix), or one Parquet file.
 
+    A folder is read only when :func:`~cellssl.eval.manifest.verify_manifests` accepts it: manifests
+    complete, every shard listed and unchanged, no extra shard, and (when given) the expected fingerprint.
 
-def read_embeddings(path_or_dir: str | Path, columns: Sequence[str] | None = None) -> EmbeddingTable:
-    """Read every shard of an embedding folder (sorted by name, any prefix), or one Parquet file.
-
-    :param path_or_dir: a folder written by :class:`EmbeddingWriter`, or one shard.
+    :param path_or_dir: a folder written by :class:`EmbeddingWriter`, or one shard (read as is).
     :param columns: metadata columns to read (default: all).
-    :return: the table; ``manifest`` holds the merged manifests of the folder (``{}`` when none).
+    :param expected_fingerprint: refuse a folder whose fingerprint differs (the run's config changed).
+    :param expected_parts: what ``expected_fingerprint`` was computed from (names the differences).
+    :return: the table; ``manifest`` holds the merged manifests of the folder (``{}`` for one file).
     :raises DataError: naming the folder or file when there are no shards, a shard is unreadable or
         lacks the ``embedding`` column, shards disagree on the dimension or columns, a manifest lists a
         missing shard, or a requested column does not exist.
@@ -330,7 +387,12 @@ def read_embeddings(path_or_dir: str | Path, columns: Sequence[str] | None = Non
 
     path = Path(path_or_dir)
     shards = _shard_files(path)
-    manifest = _read_manifests(path, shards) if path.is_dir() else {}
+    manifest: dict[str, Any] = {}
+    if path.is_dir():
+        from cellssl.eval.manifest import verify_manifests
+
+        manifest = verify_manifests(path, shards, expected_fingerprint=expected_fingerprint,
+                                    expected_parts=expected_parts)
 
     row_counts: list[int] = []
     dim: int | None = None

@@ -66,6 +66,8 @@ def export_embeddings(
     indices: Sequence[int] | None = None,
     shard_prefix: str = "",
     manifest_info: dict[str, Any] | None = None,
+    fingerprint: str = "",
+    manifest_extra: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Path:
     """Embed ``dataset`` and write Parquet shards with its metadata columns and an ``embedding`` column.
@@ -74,24 +76,34 @@ def export_embeddings(
         (resize, normalisation).
     :param indices: the samples to embed (default: all), e.g. this rank's share.
     :param shard_prefix: prefix of the shard files (distinct per rank when several processes write).
+    :param fingerprint: digest of what the embeddings depend on. When given, an interrupted export into
+        ``out_dir`` with the same fingerprint resumes: its complete shards are kept and the remaining rows are
+        embedded. Batches never cross a shard boundary, so a resumed export equals an uninterrupted one.
+    :param manifest_extra: top-level manifest entries (rank, world size, skipped rows).
     :return: ``out_dir``.
     """
     device = torch.device(device)
     backbone = backbone.to(device).eval()
-    subset = torch.utils.data.Subset(dataset, list(indices) if indices is not None else range(len(dataset)))
-    loader = torch.utils.data.DataLoader(
-        subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Batcher(preprocess),
-        persistent_workers=False,
-    )
+    positions = list(indices) if indices is not None else list(range(len(dataset)))
     channel_names = tuple(dataset.channel_names)
     info = {"channels": list(channel_names), "strategy": strategy.describe(), **(manifest_info or {})}
     out_dir = Path(out_dir)
-    with EmbeddingWriter(out_dir, shard_rows=shard_rows, shard_prefix=shard_prefix, info=info,
-                         overwrite=True) as writer:
-        for images, batch_indices in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-            with autocast_context(device, precision):
-                embeddings = strategy.embed(backbone, images.to(device, non_blocking=True), channel_names)
-            meta = dataset.metadata.iloc[batch_indices].reset_index(drop=True)
-            writer.write(meta, embeddings.float().cpu().numpy())
+    batcher = _Batcher(preprocess)
+    with EmbeddingWriter(out_dir, shard_rows=shard_rows, shard_prefix=shard_prefix, info=info, overwrite=True,
+                         fingerprint=fingerprint, resume=bool(fingerprint), expected_rows=len(positions),
+                         extra=manifest_extra) as writer:
+        done = writer.resumed_rows
+        with tqdm(total=len(positions), initial=done, desc="embed", unit="img", disable=not progress) as bar:
+            for start in range(done, len(positions), shard_rows):
+                shard = torch.utils.data.Subset(dataset, positions[start : start + shard_rows])
+                loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=num_workers,
+                                                     collate_fn=batcher, persistent_workers=False)
+                for images, batch_indices in loader:
+                    with autocast_context(device, precision):
+                        embeddings = strategy.embed(backbone, images.to(device, non_blocking=True), channel_names)
+                    meta = dataset.metadata.iloc[batch_indices].reset_index(drop=True)
+                    writer.write(meta, embeddings.float().cpu().numpy())
+                    bar.update(len(batch_indices))
+    subset = positions
     logger.info("wrote embeddings of %d samples to %s", len(subset), out_dir)
     return out_dir

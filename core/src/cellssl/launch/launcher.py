@@ -9,7 +9,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cellssl.config.validate import validate_block
 from cellssl.errors import CellsslError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -18,12 +17,6 @@ logger = logging.getLogger(__name__)
 @dataclass
 class LocalLauncherConfig:
     """``launcher: {name: local}``: run in this process (single process, or one rank under torchrun)."""
-
-
-def _slurm_config() -> type:
-    from cellssl.launch.slurm import SlurmLauncherConfig
-
-    return SlurmLauncherConfig
 
 
 LAUNCHERS = ("local", "slurm")
@@ -38,29 +31,27 @@ class LaunchResult:
     job: Any = None
 
 
-def launch(config: DictConfig, stages: list[str] | None = None) -> LaunchResult:
-    """Execute the run with the launcher its config names (default ``local``).
+def launch(config: DictConfig, stages: list[str] | None = None, *, restart: bool = False) -> LaunchResult:
+    """Validate the whole run plan, then execute the run with the launcher its config names (default ``local``).
 
-    :raises ConfigError: for an unknown launcher or invalid launcher parameters.
+    The plan (every section, every ``eval[i]``, the launcher, the weights) is built and checked before anything
+    runs or is submitted, so a mistake anywhere is reported at once.
+
+    :param restart: start over in a run directory whose finished outputs came from another config.
+    :raises ConfigError: for an invalid plan, an unknown launcher or invalid launcher parameters.
     :raises CellsslError: when a waited-for SLURM job fails (the message names its log folder).
     """
-    raw = config.get("launcher")
-    if raw is None:
-        block: dict[str, Any] = {"name": "local"}
-    elif isinstance(raw, DictConfig):
-        block = OmegaConf.to_container(raw, resolve=True)  # type: ignore[assignment]
-    else:
-        raise ConfigError("launcher", "must be a mapping, e.g. `launcher: {name: slurm, nodes: 2}`")
-    name = block.pop("name", "local")
-    if name == "local":
-        validate_block(block, LocalLauncherConfig, "launcher")
+    from cellssl.plan.build import build_plan
+    from cellssl.plan.checks import check_plan
+
+    plan = build_plan(config, stages)
+    if plan.launcher.name == "local":
         from cellssl.pipeline import execute
 
-        run, outputs = execute(config, stages)
+        run, outputs = execute(plan, stages, restart=restart)
         return LaunchResult(run.run_dir, outputs)
-    if name != "slurm":
-        raise ConfigError("launcher.name", f"unknown launcher '{name}'; launchers are {', '.join(LAUNCHERS)}")
-    settings = validate_block(block, _slurm_config(), "launcher")
+    check_plan(plan)
+    settings = plan.launcher.settings
     from cellssl.launch.slurm import resolve_run_dir, submit
 
     output_dir = OmegaConf.select(config, "run.output_dir")
@@ -69,6 +60,9 @@ def launch(config: DictConfig, stages: list[str] | None = None) -> LaunchResult:
                                             "is replaced by the job id), e.g. run.output_dir=runs/vitl_%j")
     run_dir = Path(str(output_dir))
     if "%j" not in str(run_dir):
+        from cellssl.plan.run_dir import prepare_run_dir
+
+        prepare_run_dir(plan, restart=restart, write=False)  # refuse a mismatched run directory before submitting
         run_dir.mkdir(parents=True, exist_ok=True)
     job_config = config.copy()
     job_config.launcher = None  # the job itself runs locally

@@ -66,17 +66,6 @@ def remove_stale_temp_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]
     return remove_stale_temp_files(checkpoint_dir(run_dir))
 
 
-def missing_checkpoint_error(run_dir: str | os.PathLike[str]) -> CheckpointError:
-    """The error for ``train.resume: true`` (``--resume``) in a run directory without a checkpoint."""
-    return CheckpointError(
-        f"train.resume is true but {checkpoint_dir(run_dir) / LAST_CHECKPOINT} does not exist; point "
-        "run.output_dir at the run to continue, or drop --resume / train.resume to start anew."
-    )
-
-
-# ----------------------------------------------------------------------------- RNG states
-
-
 def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA when ``device`` is CUDA) RNG states as tensors and plain values."""
     version, internal, gauss = random.getstate()

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
-from torch.utils.data import ConcatDataset
 
 from cellssl.config.schema import NormalizeSection
-from cellssl.config.validate import build_component, validate_block
+from cellssl.config.validate import validate_block
 from cellssl.data.normalize import NormalizeConfig
 from cellssl.errors import ConfigError
-from cellssl.train.checkpointing import latest_checkpoint, missing_checkpoint_error
 from cellssl.train.config import TrainSection
 
 if TYPE_CHECKING:
@@ -57,50 +55,42 @@ def check_view_normalize(config: Any, objective: Any, normalize: NormalizeSectio
 def train_run(run: Run, callbacks: list[Callback] | None = None) -> TrainResult:
     """Train the run's objective and export the teacher; returns the :class:`TrainResult`.
 
-    :raises ConfigError: if ``objective:`` is missing or a block is invalid; with extra datasets, if the
-        strategy cannot mix them (``fixed`` needs the same channels in every dataset).
+    Reads the run's checked plan (datasets, strategy, backbone, objective, ``train`` and ``normalize``
+    sections); nothing is re-validated here.
+
+    :raises ConfigError: if the plan has no objective.
     :raises cellssl.errors.TrainingDivergedError: on a NaN/inf loss (the last good checkpoint is kept).
     :raises cellssl.errors.CheckpointError: see :meth:`cellssl.train.trainer.Trainer.resume`.
     """
     from cellssl.data.preprocess import build_run_normalizer
-    from cellssl.pipeline import TEACHER_BACKBONE_FILE, build_backbone, build_dataset, build_strategy
+    from cellssl.pipeline import TEACHER_BACKBONE_FILE, build_backbone, stats_source
+    from cellssl.plan.checks import plan_dataset
     from cellssl.train.distributed import main_process_first
     from cellssl.train.trainer import Trainer
 
-    config = run.config
-    if config.get("objective") is None:
+    plan = run.require_plan()
+    if plan.objective is None:
         raise ConfigError("objective", "is required to train, e.g. `objective: {name: dino}` (see configs/train/).")
-    section = load_train_section(config.get("train"))
-    if section.resume and latest_checkpoint(run.run_dir) is None:
-        raise missing_checkpoint_error(run.run_dir)
-    dataset = build_dataset(config)
-    extras = [build_component(entry.data, "dataset", f"train.extra_datasets[{i}].data")
-              for i, entry in enumerate(section.extra_datasets)]
+    section = plan.train
+    dataset = plan_dataset(plan)
+    extras = [plan_dataset(plan, entry.data.key) for entry in plan.extra_datasets]
     datasets = [dataset, *extras]
-    strategy = build_strategy(config)
+    strategy = plan.cache["strategy"]
     channel_names = tuple(dataset.channel_names)
-    for i, extra in enumerate(extras):
-        if strategy.in_chans(extra.channel_names) != strategy.in_chans(channel_names):
-            raise ConfigError(
-                f"train.extra_datasets[{i}]",
-                f"has channels {list(extra.channel_names)} but `data:` has {list(channel_names)}; the "
-                f"'{strategy.name}' strategy needs the same channels in every dataset (use bag_of_channels or "
-                "per_channel_concat to mix datasets with different channels).",
-            )
     train_sets = [strategy.training_dataset(d) for d in datasets]
-    normalize = validate_block(config.get("normalize"), NormalizeSection, "normalize")
-    stats_source = dataset if not extras else ConcatDataset(datasets)
+    normalize = plan.normalize
+    source, fingerprint = stats_source(plan)
     with main_process_first():  # rank 0 computes and stores the statistics, the other ranks read them
-        normalizer = build_run_normalizer(normalize, stats_source, run.run_dir)  # type: ignore[arg-type]
+        normalizer = build_run_normalizer(normalize, source, run.run_dir, fingerprint)
 
     def backbone_factory() -> Any:
-        return build_backbone(config, strategy, channel_names)
+        return build_backbone(plan, strategy, channel_names)
 
-    objective = build_component(config.objective, "objective", "objective", backbone_factory=backbone_factory)
-    check_view_normalize(config, objective, normalize)
+    objective = plan.objective.build(backbone_factory=backbone_factory)
+    check_view_normalize(plan.config, objective, normalize)
     logger.info("%s; strategy %s; %d training samples from %d dataset(s)", objective.describe(), strategy.describe(),
                 sum(len(t) for t in train_sets), len(train_sets))
-    weights = [section.data_weight] + [e.weight for e in section.extra_datasets] if extras else None
+    weights = [section.data_weight] + [e.weight for e in plan.extra_datasets] if extras else None
     trainer = Trainer(objective, train_sets, normalizer, section, run.run_dir, run.device, run.settings.seed,
                       weights=weights, callbacks=callbacks or [], teacher_file=TEACHER_BACKBONE_FILE)
     result = trainer.fit()
