@@ -26,6 +26,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
+.PHONY: mutants
+mutants: $(STAMP)
+	$(PY) tools/mutation/run_mutants.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/embed_throughput.py
 	$(PY) benchmarks/knn_speed.py

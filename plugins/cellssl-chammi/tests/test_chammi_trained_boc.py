@@ -69,7 +69,9 @@ def test_training_saw_the_image_channel_pairs_of_the_3_channel_train_rows(traine
 
 
 def test_training_updated_the_weights(trained: Path) -> None:
-    """The teacher starts as a copy of the student and follows it by EMA: after training they differ, and
+    """The teacher starts as a copy of the student and follows it by EMA: after training they differ, the
+    teacher has left its initial weights (the tensors the ViT initialises to constants: LayerNorm weights 1,
+    LayerNorm and Linear biases 0) but by less than the student (it lags behind with momentum 0.98), and
     ``teacher_backbone.pt`` is the teacher of the final checkpoint (which also loads as ``weights``)."""
     objective = torch.load(trained / "checkpoints" / "final.pt", map_location="cpu", weights_only=True)["objective"]
     exported = torch.load(trained / "teacher_backbone.pt", map_location="cpu", weights_only=True)
@@ -77,6 +79,13 @@ def test_training_updated_the_weights(trained: Path) -> None:
         assert torch.equal(objective[f"teacher.backbone.{key}"], exported[key])
         assert not torch.allclose(objective[f"teacher.backbone.{key}"], objective[f"student.backbone.{key}"],
                                   atol=1e-6), key
+    known = {key: 1.0 if key.endswith("norm.weight") or key.endswith(("norm1.weight", "norm2.weight")) else 0.0
+             for key in exported if key.startswith(("blocks.", "norm.")) and ("norm" in key or key.endswith(".bias"))}
+    assert len(known) == 2 + 2 * 8  # final norm + per block: 2 norms (4), the qkv, proj, fc1 and fc2 biases
+    for key, init in known.items():
+        teacher_moved = float((exported[key] - init).abs().sum())
+        student_moved = float((objective[f"student.backbone.{key}"] - init).abs().sum())
+        assert 1e-3 < teacher_moved < student_moved, (key, teacher_moved, student_moved)
     from_checkpoint = _tiny_vit()
     load_backbone_weights(from_checkpoint, trained / "checkpoints" / "final.pt")  # teacher.backbone.* chosen
     assert all(torch.equal(v, exported[k]) for k, v in from_checkpoint.state_dict().items())

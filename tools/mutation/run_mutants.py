@@ -1,0 +1,200 @@
+"""Mutation testing of cellssl's training-critical modules with mutmut 3, one module at a time.
+
+For every target of ``tools/mutation/targets.toml`` (or those named on the command line) the script:
+
+1. builds a scratch workspace ``<workdir>/<module>/`` holding a copy of ``core/src`` (as ``src/``), the
+   target's test files and ``tests/conftest.py``, and a ``pyproject.toml`` whose ``[tool.mutmut]`` section
+   mutates that one module and selects those tests (the checkout itself is never modified, so other work in
+   it is not disturbed);
+2. runs ``nice -n 10 mutmut run --max-children 1`` there, stopped after the target's time budget;
+3. reads mutmut's per-mutant exit codes (``mutants/src/cellssl/<module>.meta``) and the diff of every
+   survivor, and stores them in ``tools/mutation/results/<module>.json``.
+
+Then it rewrites ``docs/mutation.md`` from every stored result: per module the counts of killed /
+survived / timed-out / not-checked mutants, the kill rate over the non-equivalent mutants, and each
+survivor with its diff, marked equivalent when ``tools/mutation/equivalent.toml`` says so (with the reason).
+
+Usage::
+
+    python tools/mutation/run_mutants.py                       # every target, each within its budget
+    python tools/mutation/run_mutants.py train/ema.py          # one module
+    python tools/mutation/run_mutants.py --report-only         # rewrite docs/mutation.md from stored results
+    python tools/mutation/run_mutants.py --budget-scale 0.5    # half of every budget
+
+Exit status: 0 when the runs and the report were written; 2 on a bad argument or a failed mutmut run
+(e.g. the tests do not pass on the unmutated code); the log is in the workspace (``mutmut.log``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from report import write_report
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+TARGETS = HERE / "targets.toml"
+RESULTS = HERE / "results"
+REPORT = REPO / "docs" / "mutation.md"
+PYTEST_INI = """
+[tool.pytest.ini_options]
+addopts = "-p no:cacheprovider --import-mode=importlib"
+markers = ["slow: takes more than ~20 s on a 2-core CPU", "gpu: needs a CUDA device"]
+filterwarnings = ["ignore::DeprecationWarning:pyarrow.*"]
+"""
+
+logger = logging.getLogger("mutants")
+
+
+@dataclass
+class Target:
+    """One module to mutate: ``module`` (path under ``core/src/cellssl``), its ``tests``, a ``budget`` in s."""
+
+    module: str
+    tests: list[str]
+    budget: float
+
+    @property
+    def slug(self) -> str:
+        return self.module.removesuffix(".py").replace("/", ".")
+
+
+def load_targets(path: Path = TARGETS) -> list[Target]:
+    """The targets of ``targets.toml``; raises ``ValueError`` naming a missing module or test file."""
+    targets = []
+    for i, entry in enumerate(tomllib.loads(path.read_text())["target"]):
+        target = Target(entry["module"], list(entry["tests"]), float(entry["budget"]))
+        if not (REPO / "core" / "src" / "cellssl" / target.module).is_file():
+            raise ValueError(f"{path}: target[{i}].module {target.module!r} is not a file under core/src/cellssl")
+        missing = [t for t in target.tests if not (REPO / t).is_file()]
+        if missing:
+            raise ValueError(f"{path}: target[{i}] ({target.module}) lists missing test files {missing}")
+        targets.append(target)
+    return targets
+
+
+def shared_data() -> Path | None:
+    """The real-data folder the tests read (``$CELLSSL_TEST_DATA`` or ``../shared/data``)."""
+    if os.environ.get("CELLSSL_TEST_DATA"):
+        return Path(os.environ["CELLSSL_TEST_DATA"])
+    candidate = REPO.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def prepare_workspace(target: Target, workdir: Path) -> Path:
+    """A fresh copy of the sources and the target's tests, with mutmut and pytest configured."""
+    ws = workdir / target.slug
+    if ws.exists():
+        shutil.rmtree(ws)
+    shutil.copytree(REPO / "core" / "src", ws / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (ws / "tests").mkdir(parents=True)
+    for test in ["tests/conftest.py", *target.tests]:
+        shutil.copy2(REPO / test, ws / "tests" / Path(test).name)
+    selection = json.dumps([f"tests/{Path(t).name}" for t in target.tests])
+    (ws / "pyproject.toml").write_text(
+        "[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f'only_mutate = ["src/cellssl/{target.module}"]\n'
+        f"pytest_add_cli_args_test_selection = {selection}\n"
+        'pytest_add_cli_args = ["-x", "-q"]\n'
+        "use_git_change_detection = false\n"
+        # log calls: their messages are not behaviour the tests are meant to pin down
+        "do_not_mutate_patterns = ['logger\\.\\w+\\(']\n" + PYTEST_INI
+    )
+    return ws
+
+
+def run_mutmut(target: Target, ws: Path, budget: float) -> tuple[bool, float]:
+    """Run mutmut in ``ws`` for at most ``budget`` seconds; returns ``(finished, seconds)``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "true"}
+    data = shared_data()
+    if data is not None:
+        env["CELLSSL_TEST_DATA"] = str(data)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    command = ["nice", "-n", "10", str(mutmut), "run", "--max-children", "1"]
+    start = time.monotonic()
+    with open(ws / "mutmut.log", "w") as log:
+        try:
+            proc = subprocess.run(command, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget)
+        except subprocess.TimeoutExpired:
+            return False, time.monotonic() - start
+    if proc.returncode != 0:
+        tail = (ws / "mutmut.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"mutmut failed on {target.module} (exit {proc.returncode}); see {ws / 'mutmut.log'}:\n"
+                           f"{tail}")
+    return True, time.monotonic() - start
+
+
+def collect(target: Target, ws: Path, finished: bool, seconds: float) -> dict[str, Any]:
+    """Statuses of every mutant of the target (from mutmut's ``.meta`` file) and the diffs of survivors."""
+    from mutmut.stats import status_by_exit_code
+
+    meta_path = ws / "mutants" / "src" / "cellssl" / f"{target.module}.meta"
+    exit_codes = json.loads(meta_path.read_text())["exit_code_by_key"] if meta_path.is_file() else {}
+    statuses = {name: status_by_exit_code[code] for name, code in sorted(exit_codes.items())}
+    mutmut = Path(sys.executable).with_name("mutmut")
+    survivors = {}
+    for name, status in statuses.items():
+        if status != "survived":
+            continue
+        shown = subprocess.run([str(mutmut), "show", name], cwd=ws, capture_output=True, text=True, timeout=120)
+        survivors[name] = [line for line in shown.stdout.splitlines() if line.startswith(("-", "+"))
+                           and not line.startswith(("---", "+++"))]
+    return {"module": target.module, "tests": target.tests, "budget_s": target.budget, "seconds": round(seconds),
+            "finished": finished, "counts": dict(Counter(statuses.values())), "statuses": statuses,
+            "survivors": survivors, "date": time.strftime("%Y-%m-%d")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="modules to run (paths under core/src/cellssl); default: all")
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cellssl-mutants")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every module's time budget")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite docs/mutation.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        targets = load_targets()
+    except (ValueError, KeyError) as exc:
+        print(f"run_mutants: {exc}", file=sys.stderr)
+        return 2
+    known = {t.module: t for t in targets}
+    unknown = [m for m in args.modules if m not in known]
+    if unknown:
+        print(f"run_mutants: unknown module(s) {unknown}; targets.toml lists {sorted(known)}", file=sys.stderr)
+        return 2
+    chosen = [known[m] for m in args.modules] if args.modules else targets
+    if not args.report_only:
+        RESULTS.mkdir(exist_ok=True)
+        for target in chosen:
+            budget = target.budget * args.budget_scale
+            logger.info("mutating %s (budget %.0f s, tests %s)", target.module, budget, " ".join(target.tests))
+            ws = prepare_workspace(target, args.workdir)
+            try:
+                finished, seconds = run_mutmut(target, ws, budget)
+            except RuntimeError as exc:
+                print(f"run_mutants: {exc}", file=sys.stderr)
+                return 2
+            result = collect(target, ws, finished, seconds)
+            (RESULTS / f"{target.slug}.json").write_text(json.dumps(result, indent=1) + "\n")
+            logger.info("  %s in %.0f s%s: %s", target.module, seconds, "" if finished else " (budget reached)",
+                        result["counts"])
+    write_report(targets, RESULTS, HERE / "equivalent.toml", REPORT)
+    logger.info("report: %s", REPORT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
