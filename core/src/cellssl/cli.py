@@ -9,16 +9,17 @@ keeps its traceback (status 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cellssl import __version__
-from cellssl.errors import CellsslError
+from cellssl.errors import CellsslError, ConfigError
 
 logger = logging.getLogger("cellssl")
 
@@ -44,22 +45,46 @@ def _print_plugins() -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
+    """Validate the whole plan and print every section with all defaults.
+
+    Reads no data; a ``weights:`` file is opened (``weights_only=True``, so torch is imported then) to check
+    that it is a readable checkpoint. ``--check`` also runs the checks that open the data (label columns,
+    channels, weight shapes), as ``cellssl run`` does before its first stage.
+    """
     from omegaconf import OmegaConf
 
     from cellssl.config.compose import load_run_config
-    from cellssl.config.validate import resolve_entry
+    from cellssl.plan.build import build_plan
 
-    config = load_run_config(args.config, args.overrides)
-    for key, kind in (("data", "dataset"), ("channels", "channel_strategy"), ("backbone", "backbone"),
-                      ("objective", "objective")):
-        if config.get(key) is not None:
-            entry, validated = resolve_entry(config[key], kind, key)
-            config[key] = {"name": entry.name, **OmegaConf.to_container(OmegaConf.structured(validated))}
-    for position, block in enumerate(config.get("eval") or []):
-        entry, validated = resolve_entry(block, "evaluator", f"eval[{position}]")
-        config.eval[position] = {"name": entry.name, **OmegaConf.to_container(OmegaConf.structured(validated))}
-    print(OmegaConf.to_yaml(config), end="")
+    overrides = list(args.overrides)
+    with _naming_overrides(overrides):
+        plan = build_plan(load_run_config(args.config, overrides))
+        if args.check:
+            from cellssl.plan.checks import check_plan
+
+            check_plan(plan)
+        elif plan.weights is not None:
+            from cellssl.models.checkpoint import read_checkpoint_file
+
+            read_checkpoint_file(plan.weights.path, remedy="Point `weights:` at a readable backbone checkpoint.")
+    print(OmegaConf.to_yaml(plan.sections()), end="")
     return 0
+
+
+@contextlib.contextmanager
+def _naming_overrides(overrides: Sequence[str]) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` about a key set on the command line so that it names the override."""
+    try:
+        yield
+    except ConfigError as exc:
+        given = {o.partition("=")[0].strip().lstrip("+").replace("[", ".").replace("]", ""): o for o in overrides}
+        key = exc.key.replace("[", ".").replace("]", "")
+        match = next((o for k, o in given.items() if k and (key == k or key.startswith(k + ".")
+                                                            or k.startswith(key + "."))), None)
+        if match is None:
+            raise
+        raise ConfigError(exc.key, f"{str(exc).split(': ', 1)[-1]} (set by the command-line override '{match}')"
+                          ) from None
 
 
 def format_results(results: list[dict[str, Any]]) -> str:
@@ -88,12 +113,13 @@ def _run_stages(args: argparse.Namespace, stages: list[str] | None) -> int:
     from cellssl.config.compose import load_run_config
     from cellssl.launch import launch
 
-    config = load_run_config(args.config, args.overrides)
-    if getattr(args, "resume", False):
-        if config.get("train") is None:
-            config.train = {}
-        config.train.resume = True
-    result = launch(config, stages)
+    with _naming_overrides(args.overrides):
+        config = load_run_config(args.config, args.overrides)
+        if getattr(args, "resume", False):
+            if config.get("train") is None:
+                config.train = {}
+            config.train.resume = True
+        result = launch(config, stages, restart=getattr(args, "restart", False))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for every process
         return 0
     if result.job is not None:
@@ -117,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print the validated config with all defaults")
     show.add_argument("config")
     show.add_argument("overrides", nargs="*", help="key=value overrides")
+    show.add_argument("--check", action="store_true",
+                      help="also open the data and the weights: label columns, channels, weight shapes")
 
     for name, help_text in (
         ("train", "pretrain the backbone with the configured SSL objective"),
@@ -127,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
         command.add_argument("config")
         command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+        command.add_argument("--restart", action="store_true",
+                             help="delete the run directory's outputs when they came from another config "
+                                  "and start over")
         if name in ("train", "run"):
             command.add_argument("--resume", action="store_true",
                                  help="continue from the run directory's last checkpoint")

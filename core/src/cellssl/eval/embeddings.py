@@ -130,7 +130,7 @@ class EmbeddingWriter:
         self.shard_prefix = shard_prefix
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
-        self.expected_rows = expected_rows
+        self.expected_rows = expected_rows  # read by _resumable
         self.extra = dict(extra or {})
         json.dumps(self.extra)
         self._shards: list[dict[str, Any]] = []
@@ -182,8 +182,10 @@ class EmbeddingWriter:
                 rows = parquet.metadata.num_rows
             except Exception:
                 break
+            start = position * self.shard_rows
+            last = self.expected_rows is not None and start + rows == self.expected_rows  # the final, short shard
             if (not self.fingerprint or footer.get("fingerprint") != self.fingerprint
-                    or footer.get("start") != position * self.shard_rows or rows != self.shard_rows):
+                    or footer.get("start") != start or not (rows == self.shard_rows or last)):
                 break
             kept.append({"file": path.name, "start": position * self.shard_rows, "rows": rows,
                          "sha256": footer_digest(path), "columns": footer.get("columns"), "dim": footer.get("dim")})

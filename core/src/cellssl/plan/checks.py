@@ -119,9 +119,8 @@ def check_plan(plan: RunPlan) -> RunPlan:
     if datasets:
         _check_strategy(plan, strategy, datasets)
         main = datasets[0][1]
-        if "eval" in plan.stages:
-            for evaluator in plan.evaluators:
-                check_evaluator_columns(evaluator, main)
+        for evaluator in plan.evaluators:
+            check_evaluator_columns(evaluator, main)
     if plan.normalize.mode == "dataset" and plan.normalize.stats_path:
         from cellssl.data.normalize import ChannelStats
 
