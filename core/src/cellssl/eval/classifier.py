@@ -4,10 +4,11 @@
   labels from the embedding metadata (falling back to the dataset's label columns in the context).
 - :class:`FoldClassifier`: the protocol an evaluator implements to be run inside ``cross_validation``:
   fit on the training rows only, then predict the held-out rows.
-- :func:`classification_scores`: the flat scores every fold and split is reported with (macro F1,
-  macro recall, macro precision, balanced accuracy, accuracy; multi-label: macro/micro F1 at 0.5).
+- :func:`classification_scores`: the flat scores every fold and split is reported with (macro or
+  support-weighted F1, recall and precision, balanced accuracy, accuracy; multi-label: macro/micro F1 at 0.5).
 - :func:`mean_std` / :func:`format_mean_std`: aggregation over folds or few-shot draws. The standard
-  deviation is the population one (``ddof=0``, numpy's default), 0 for a single value.
+  deviation is the population one by default (``ddof=0``, numpy's default, 0 for a single value); ``ddof=1``
+  gives the sample one (pandas' ``DataFrame.std``, which the blood-cell fork prints).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from cellssl.eval.base import EvalContext, EvalLabels, labels_from_metadata
+
+AVERAGES = ("macro", "weighted")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -164,56 +167,74 @@ def row_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
 
 
-def classification_scores(y_true: Any, y_pred: Any, multilabel: bool) -> dict[str, float]:
+def classification_scores(y_true: Any, y_pred: Any, multilabel: bool, average: str = "macro") -> dict[str, float]:
     """Flat scores of predictions against the truth.
 
-    Multi-class (``(n,)`` indices): ``f1``, ``recall``, ``precision`` (macro over the classes present in
-    the truth or the predictions, ``zero_division=0``), ``balanced_accuracy`` (mean recall over the
-    classes of the truth) and ``accuracy``. Multi-label (``(n, L)`` 0/1): ``f1`` (macro over all ``L``
-    labels, a label never true nor predicted scoring 0; equal to ``mean_per_class_multilabel_f1``),
-    ``recall``, ``precision`` (macro, same labels), ``micro_f1`` and ``subset_accuracy``.
+    Multi-class (``(n,)`` indices): ``f1``, ``recall``, ``precision`` (``average="macro"``: the plain mean
+    over the classes present in the truth or the predictions; ``"weighted"``: the same per-class scores
+    weighted by their support in the truth, scikit-learn's ``average="weighted"``, so ``recall`` equals
+    ``accuracy``; ``zero_division=0``), ``balanced_accuracy`` (mean recall over the classes of the truth)
+    and ``accuracy``. Multi-label (``(n, L)`` 0/1): ``f1`` (macro: over all ``L`` labels, a label never
+    true nor predicted scoring 0, equal to ``mean_per_class_multilabel_f1``; weighted: by label support),
+    ``recall``, ``precision`` (same averaging), ``micro_f1`` and ``subset_accuracy``.
 
-    :raises ValueError: on empty or mismatched inputs.
+    :raises ValueError: on empty or mismatched inputs, or an unknown ``average``.
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
     truth, pred = np.asarray(y_true), np.asarray(y_pred)
     if truth.shape != pred.shape or truth.shape[0] == 0:
         raise ValueError(f"truth and predictions must be non-empty and of equal shape, got {truth.shape}, {pred.shape}")
     if multilabel:
         truth, pred = truth.astype(np.int8), pred.astype(np.int8)
         every = np.arange(truth.shape[1])
-        precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=every, zero_division=0)
+    else:
+        every = np.unique(np.concatenate([truth, pred]))
+    precision, recall, f1, support = precision_recall_fscore_support(truth, pred, labels=every, zero_division=0)
+    weights = support if average == "weighted" else np.ones_like(support)
+    if weights.sum() == 0:  # weighted, and no label is ever true: scikit-learn's zero_division value
+        weights = np.ones_like(support)
+        precision = recall = f1 = np.zeros_like(f1)
+
+    def mean(values: np.ndarray) -> float:
+        return float(np.average(values, weights=weights))
+
+    if multilabel:
         return {
-            "f1": float(np.mean(f1)),
-            "recall": float(np.mean(recall)),
-            "precision": float(np.mean(precision)),
+            "f1": mean(f1),
+            "recall": mean(recall),
+            "precision": mean(precision),
             "micro_f1": float(f1_score(truth, pred, average="micro", zero_division=0)),
             "subset_accuracy": float(accuracy_score(truth, pred)),
         }
-    labels = np.unique(np.concatenate([truth, pred]))
-    precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # predicted classes absent from the truth
         balanced = balanced_accuracy_score(truth, pred)
     return {
-        "f1": float(np.mean(f1)),
-        "recall": float(np.mean(recall)),
-        "precision": float(np.mean(precision)),
+        "f1": mean(f1),
+        "recall": mean(recall),
+        "precision": mean(precision),
         "balanced_accuracy": float(balanced),
         "accuracy": float(accuracy_score(truth, pred)),
     }
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (``ddof=0``) of ``values``.
+def mean_std(values: Sequence[float], ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation of ``values``: population (``ddof=0``) or sample (``ddof=1``).
 
-    :raises ValueError: for an empty sequence.
+    The sample standard deviation of a single value is reported as 0 (not NaN).
+
+    :raises ValueError: for an empty sequence or a ``ddof`` other than 0 and 1.
     """
     if len(values) == 0:
         raise ValueError("mean_std needs at least one value")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 (population) or 1 (sample), got {ddof}")
     array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std())
+    std = float(array.std(ddof=ddof)) if array.size > ddof else 0.0
+    return float(array.mean()), std
 
 
 def format_mean_std(mean: float, std: float, percent: bool = False) -> str:

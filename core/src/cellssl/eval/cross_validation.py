@@ -9,20 +9,29 @@ YAML block::
         group_column: null          # e.g. fov_id: whole groups go to one fold (no group in two folds)
         stratify: true              # keep class proportions per fold (single-label tasks)
         seed: 0
+        average: macro              # macro | weighted (F1, recall, precision; the blood-cell fork: weighted)
+        std_ddof: 0                 # 0: population std over the folds; 1: sample std (the blood-cell fork)
         classifiers:                # any evaluator implementing FoldClassifier; each adds table rows
           - {name: knn, ks: [1, 20]}
+          - {name: logistic_regression}
           - {name: linear}
 
 Folds: ``StratifiedKFold`` (single-label, ``stratify``), ``StratifiedGroupKFold`` (with ``group_column``
 and ``stratify``), ``GroupKFold`` (with ``group_column`` otherwise) or ``KFold``; all shuffled with
 ``seed``. In fold ``i`` each classifier is fitted on the other folds only (the linear probe carves its
 validation rows, and chooses its head, inside those training folds) and predicts fold ``i``. Every table
-row (``1-NN``, ``20-NN``, ``linear probe``) is scored per fold with
-:func:`~cellssl.eval.classifier.classification_scores` and reported as mean +/- population std over the
-folds: metrics ``<row>_<score>_mean`` / ``_std``, and a ``table`` in the blood-cell seed's format
-(percentages: F1, recall, precision, balanced accuracy; macro averages). The classifier blocks' own
-label, ``split`` and ``few_shot`` keys are ignored: the labels and folds are the cross-validation's (a
-linear block's ``val_split``, e.g. grouped by field of view, is applied inside each training fold).
+row (``1-NN``, ``20-NN``, ``logistic regression``, ``linear probe``) is scored per fold with
+:func:`~cellssl.eval.classifier.classification_scores` (``average``: macro or support-weighted F1, recall,
+precision) and reported as mean +/- std over the folds (``std_ddof``: population or sample): metrics
+``<row>_<score>_mean`` / ``_std``, and a ``table`` in the blood-cell seed's format (percentages: F1,
+recall, precision, balanced accuracy). The averaging and the std used are recorded under ``scoring``.
+The classifier blocks' own label, ``split`` and ``few_shot`` keys are ignored: the labels and folds are
+the cross-validation's (a linear block's ``val_split``, e.g. grouped by field of view, is applied inside
+each training fold).
+
+The blood-cell fork's own table (``notebooks/embedding_testing.ipynb``) is, in these terms,
+``stratify: false, seed: 24, average: weighted, std_ddof: 1`` with ``knn`` ``{ks: [1, 20], metric: l2,
+voting: majority}`` and ``logistic_regression`` ``{multi_class: ovr}`` (``configs/eval/bccd_cv.yaml``).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import numpy as np
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext, EvalLabels, Evaluator, to_jsonable
 from cellssl.eval.classifier import (
+    AVERAGES,
     FoldClassifier,
     LabelSettings,
     classification_scores,
@@ -72,6 +82,8 @@ class CrossValidationConfig(LabelSettings):
     :ivar group_column: metadata column whose groups are never split across folds (``None``: rows).
     :ivar stratify: stratify folds by class (single-label tasks).
     :ivar seed: seed of the fold assignment.
+    :ivar average: ``macro`` or ``weighted`` (by class support) F1, recall and precision per fold.
+    :ivar std_ddof: 0 (population) or 1 (sample) standard deviation over the folds.
     :ivar classifiers: evaluator blocks (``{name: ..., <params>}``) run in every fold.
     """
 
@@ -79,11 +91,17 @@ class CrossValidationConfig(LabelSettings):
     group_column: str | None = None
     stratify: bool = True
     seed: int = 0
+    average: str = "macro"
+    std_ddof: int = 0
     classifiers: list[dict[str, Any]] = field(default_factory=_default_classifiers)
 
     def __post_init__(self) -> None:
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2, got {self.folds}")
+        if self.average not in AVERAGES:
+            raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {self.average!r}")
+        if self.std_ddof not in (0, 1):
+            raise ValueError(f"std_ddof must be 0 (population) or 1 (sample std over the folds), got {self.std_ddof}")
         if not self.classifiers:
             raise ValueError("classifiers must list at least one evaluator block, e.g. [{name: knn, ks: [1]}]")
         from cellssl.config.validate import resolve_entry
@@ -174,8 +192,9 @@ class CrossValidationEvaluator(Evaluator):
         """Run every classifier in every fold and aggregate the scores.
 
         :return: ``{"evaluator", "task", "metrics" (``<row>_<score>_mean`` / ``_std``), "table" (rows
-            1-NN, 20-NN, linear probe: mean +/- std in percent), "folds" (per-fold sizes, scores and
-            classifier details), "labels", "split" (mode, folds, per-fold train / test rows),
+            1-NN, 20-NN, linear probe, ...: mean +/- std in percent), "scoring" (average, std), "folds"
+            (per-fold sizes, scores and classifier details), "labels", "split" (mode, folds, per-fold train /
+            test rows),
             "embedding_dim", "config", "identity"}``.
         :raises cellssl.errors.ConfigError: no label column, a classifier that cannot be cross-validated.
         :raises cellssl.errors.DataError: a missing column, unusable labels, too few rows or groups.
@@ -209,7 +228,7 @@ class CrossValidationEvaluator(Evaluator):
             # Fold i's labels are read here, after every classifier has predicted it.
             test_y = labels.values[test_idx]
             for row, pred in predictions.items():
-                scores = classification_scores(test_y, pred, labels.multilabel)
+                scores = classification_scores(test_y, pred, labels.multilabel, cfg.average)
                 record["scores"][row] = scores
                 per_row.setdefault(row, []).append(scores)
             fold_records.append(record)
@@ -221,7 +240,7 @@ class CrossValidationEvaluator(Evaluator):
         for row, fold_scores in per_row.items():
             line: dict[str, Any] = {"classifier": row}
             for score in fold_scores[0]:
-                mean, std = mean_std([s[score] for s in fold_scores])
+                mean, std = mean_std([s[score] for s in fold_scores], ddof=cfg.std_ddof)
                 metrics[f"{row_key(row)}_{score}_mean"] = mean
                 metrics[f"{row_key(row)}_{score}_std"] = std
             for score, title in columns:
@@ -235,6 +254,8 @@ class CrossValidationEvaluator(Evaluator):
             "task": "multilabel" if labels.multilabel else "multiclass",
             "metrics": metrics,
             "table": rows,
+            "scoring": {"average": cfg.average, "std": "sample (ddof=1)" if cfg.std_ddof else "population (ddof=0)",
+                        "columns": [title for _, title in columns]},
             "folds": fold_records,
             "labels": labels_summary(labels, len(table), cfg),
             "split": {"mode": mode, "folds": len(folds), "group_column": cfg.group_column, "rows": len(metadata),

@@ -108,12 +108,14 @@ def cellssl_register_objectives(registry: Registrar) -> None:
 
 @hookimpl
 def cellssl_register_evaluators(registry: Registrar) -> None:
-    """kNN, linear probe, cross-validation, retrieval mAP, NSC/NSCB, UMAP, attention maps, channel attribution."""
+    """kNN, linear probe, logistic regression, cross-validation, retrieval mAP, NSC/NSCB, UMAP, attention maps,
+    channel attribution."""
     from cellssl.eval.attention_maps_config import AttentionMapsConfig
     from cellssl.eval.channel_attribution import ChannelAttributionConfig
     from cellssl.eval.cross_validation import CrossValidationConfig
     from cellssl.eval.knn_evaluator import KNNEvaluatorConfig
     from cellssl.eval.linear_config import LinearEvaluatorConfig
+    from cellssl.eval.logistic import LogisticRegressionConfig
     from cellssl.eval.nsc import NSCConfig
     from cellssl.eval.retrieval_map import RetrievalMAPConfig
     from cellssl.eval.umap_plot import UMAPConfig
@@ -122,6 +124,8 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
                  "faiss kNN classification (cosine/L2, weighted or majority votes, k sweep, multi-label, few-shot)")
     registry.add("linear", lazy("cellssl.eval.linear_evaluator:build_linear_evaluator"), LinearEvaluatorConfig,
                  "linear probe: grid of heads (lr x wd) trained at once, chosen on a validation split, CE or BCE")
+    registry.add("logistic_regression", lazy("cellssl.eval.logistic:build_logistic_regression"),
+                 LogisticRegressionConfig, "scikit-learn logistic regression (one-vs-rest or multinomial)")
     registry.add("cross_validation", lazy("cellssl.eval.cross_validation:build_cross_validation"),
                  CrossValidationConfig,
                  "k-fold (stratified or grouped) of classifier evaluators: F1, recall, precision, balanced acc")
