@@ -186,7 +186,7 @@ def test_linear_evaluator_result_and_grouped_validation(tmp_path: Path) -> None:
                                    val_split=SplitConfig(mode="group", column="fov_id", test_fraction=0.2))
     result = build_linear_evaluator(config).evaluate(EmbeddingTable(meta, x), EvalContext(tmp_path, identity={"m": 1}))
     assert schema_problems(result) == []
-    assert set(result["metrics"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+    assert set(result["metrics"]) == {"accuracy", "balanced_accuracy", "macro_f1", "mean_per_class_multiclass_f1"}
     assert result["metrics"]["macro_f1"] > 0.8
     split = result["split"]
     assert (split["train_rows"], split["test_rows"]) == (360, 120)

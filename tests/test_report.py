@@ -73,8 +73,9 @@ def test_every_classifier_result_follows_the_common_schema(tmp_path: Path) -> No
     assert [schema_problems(results[n]) for n in ("knn", "linear", "umap")] == [[], [], []]
     knn = results["knn"]
     assert knn["table"][:2] == [
-        {"train": "all", "k": 1, **{m: knn["per_k"]["1"][m] for m in ("accuracy", "balanced_accuracy", "macro_f1")}},
-        {"train": "all", "k": 5, **{m: knn["per_k"]["5"][m] for m in ("accuracy", "balanced_accuracy", "macro_f1")}},
+        {"train": "all", "k": k, **{m: knn["per_k"][str(k)][m] for m in
+                                    ("accuracy", "balanced_accuracy", "macro_f1", "mean_per_class_multiclass_f1")}}
+        for k in (1, 5)
     ]
     assert schema_problems({"evaluator": 3, "metrics": {"a": "x"}, "split": {"mode": "x"}}) == [
         "missing key 'config'", "missing key 'identity'", "'evaluator' must be a string",
