@@ -108,8 +108,8 @@ def cellssl_register_objectives(registry: Registrar) -> None:
 
 @hookimpl
 def cellssl_register_evaluators(registry: Registrar) -> None:
-    """kNN, linear probe, logistic regression, cross-validation, retrieval mAP, NSC/NSCB, UMAP, attention maps,
-    channel attribution."""
+    """kNN, linear probe, logistic regression, cross-validation, retrieval mAP, NSC/NSCB, regression, UMAP,
+    attention maps, channel attribution."""
     from cellssl.eval.attention_maps_config import AttentionMapsConfig
     from cellssl.eval.channel_attribution import ChannelAttributionConfig
     from cellssl.eval.cross_validation import CrossValidationConfig
@@ -117,6 +117,7 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
     from cellssl.eval.linear_config import LinearEvaluatorConfig
     from cellssl.eval.logistic import LogisticRegressionConfig
     from cellssl.eval.nsc import NSCConfig
+    from cellssl.eval.regression_config import RegressionConfig
     from cellssl.eval.retrieval_map import RetrievalMAPConfig
     from cellssl.eval.umap_plot import UMAPConfig
 
@@ -133,6 +134,8 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
                  "mAP of retrieving same-label profiles against negative controls, null p-values per group")
     registry.add("nsc_nscb", lazy("cellssl.eval.nsc:build_nsc_nscb"), NSCConfig,
                  "cosine 1-NN MoA accuracy, not-same-compound and not-same-compound-or-batch, on profiles")
+    registry.add("regression", lazy("cellssl.eval.regression:build_regression"), RegressionConfig,
+                 "cross-validated ridge / kNN / random-forest regression of continuous targets: R², Pearson, Spearman")
     registry.add("umap", lazy("cellssl.eval.umap_plot:build_umap"), UMAPConfig,
                  "seeded 2-D UMAP of the embeddings, one PNG per metadata column it is coloured by")
     registry.add("attention_maps", lazy("cellssl.eval.attention_maps:build_attention_maps"), AttentionMapsConfig,
@@ -140,6 +143,16 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
     registry.add("channel_attribution", lazy("cellssl.eval.channel_attribution:build_channel_attribution"),
                  ChannelAttributionConfig,
                  "per-channel contribution: embedding-block importance and drop-one-channel score change")
+
+
+@hookimpl
+def cellssl_register_models(registry: Registrar) -> None:
+    """The first-party model cards (:mod:`cellssl.zoo.cards`)."""
+    from cellssl.zoo.card import add_card
+    from cellssl.zoo.cards import CARDS
+
+    for card in CARDS:
+        add_card(registry, card)
 
 
 @hookimpl
