@@ -104,7 +104,7 @@ def test_only_rank_zero_prints_the_run_summary(rank: str, printed: bool, tmp_pat
 
     config = tmp_path / "run.yaml"
     config.write_text("data: {name: synthetic_cells, num_samples: 8, image_size: 16}\n")
-    monkeypatch.setattr(cellssl.launch, "launch", lambda cfg, stages: LaunchResult(run_dir=tmp_path / "r"))
+    monkeypatch.setattr(cellssl.launch, "launch", lambda cfg, stages, **_: LaunchResult(run_dir=tmp_path / "r"))
     monkeypatch.setenv("RANK", rank)
     assert main(["embed", str(config)]) == 0
     assert (f"run directory: {tmp_path / 'r'}" in capsys.readouterr().out) is printed

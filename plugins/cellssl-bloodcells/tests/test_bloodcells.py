@@ -96,12 +96,12 @@ def test_classes_subset_and_order(bccd: Path) -> None:
 
 
 def make_small_root(bccd: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """Three real images per class (linked), plus a truncated JPEG in WBC."""
+    """Three real images per class (copied: links out of the root would be refused), plus a truncated JPEG."""
     root = tmp_path / "blood"
     for name in COUNTS:
         (root / name).mkdir(parents=True)
         for source in sorted((bccd / name).glob("*.jpg"))[:3]:
-            (root / name / source.name).symlink_to(source)
+            (root / name / source.name).write_bytes(source.read_bytes())
     data = sorted((bccd / "WBC").glob("*.jpg"))[3].read_bytes()
     corrupt = root / "WBC" / "zz_corrupt.jpg"
     corrupt.write_bytes(data[: len(data) // 3])
