@@ -106,6 +106,18 @@ def cellssl_register_downloads(registry: Registrar) -> None:
 
 
 @hookspec
+def cellssl_register_models(registry: Registrar) -> None:
+    """Register model cards: released models by name, for ``model: NAME`` and ``cellssl models``.
+
+    :param registry: registrar for kind ``"model"``. Register each card with
+        ``cellssl.zoo.card.add_card(registry, card)``; the entry's ``factory(config)`` returns the
+        :class:`cellssl.zoo.card.ModelCard` (backbone block, channel strategy and channel names,
+        normalisation, embedding input size and features, licence, source, file name, sha256, citation).
+    :return: nothing.
+    """
+
+
+@hookspec
 def cellssl_cli_commands() -> list[CliCommand]:
     """Add subcommands to the ``cellssl`` command line.
 

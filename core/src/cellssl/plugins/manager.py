@@ -42,6 +42,7 @@ HOOK_BY_KIND: dict[str, str] = {
     "objective": "cellssl_register_objectives",
     "evaluator": "cellssl_register_evaluators",
     "download": "cellssl_register_downloads",
+    "model": "cellssl_register_models",
 }
 
 

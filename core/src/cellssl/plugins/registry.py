@@ -16,7 +16,8 @@ from typing import Any
 
 from cellssl.errors import DuplicateNameError, UnknownNameError
 
-COMPONENT_KINDS: tuple[str, ...] = ("dataset", "channel_strategy", "backbone", "objective", "evaluator", "download")
+COMPONENT_KINDS: tuple[str, ...] = ("dataset", "channel_strategy", "backbone", "objective", "evaluator", "download",
+                                    "model")
 
 # Names provided by first-party plugins that are installed separately. An unknown name found here is
 # answered with the distribution to install.
