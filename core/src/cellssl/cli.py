@@ -1,9 +1,9 @@
 """The ``cellssl`` command line.
 
 Subcommands: ``plugins``, ``config show``, ``train``, ``embed``, ``eval``, ``run``, ``report``,
-``compare``. Configs are YAML files followed by ``key=value`` overrides. A user mistake (bad config,
-bad data, unknown plugin name) prints one paragraph and exits with status 2; an unexpected error
-keeps its traceback (status 1).
+``compare``, ``models``, ``weights`` (:mod:`cellssl.zoo.cli`). Configs are YAML files followed by
+``key=value`` overrides. A user mistake (bad config, bad data, unknown plugin name) prints one paragraph
+and exits with status 2; an unexpected error keeps its traceback (status 1).
 """
 
 from __future__ import annotations
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep metrics matching this pattern, e.g. '*_f1_mean' (repeatable)")
     compare.add_argument("--evaluator", action="append", metavar="NAME",
                          help="keep this result, eval/NAME.json (repeatable)")
+    from cellssl.zoo.cli import add_zoo_commands
+
+    add_zoo_commands(sub)
     _add_plugin_commands(sub)
     return parser
 
@@ -251,6 +254,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command in ("models", "weights"):
+            from cellssl.zoo.cli import run_zoo_command
+
+            return int(run_zoo_command(args))
         if getattr(args, "plugin_command", None) is not None:
             return int(args.plugin_command.run(args))
         stages = None if args.command == "run" else [args.command]

@@ -13,8 +13,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cellssl.atomic import atomic_write_text
 from cellssl.errors import ConfigError
 
-TOP_LEVEL_KEYS = ("run", "data", "channels", "backbone", "weights", "normalize", "objective", "train", "embed",
-                  "eval", "launcher")
+TOP_LEVEL_KEYS = ("run", "data", "model", "channels", "backbone", "weights", "normalize", "objective", "train",
+                  "embed", "eval", "launcher")
 
 
 def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:
@@ -22,7 +22,8 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
 
     :param path: YAML file.
     :param overrides: dotlist overrides (``train.epochs=3``, ``eval[0].ks=[1,5]``, ``+run.seed=1``).
-    :return: the merged config; ``run.output_dir`` defaults to ``runs/<file stem>``.
+    :return: the merged config; ``run.output_dir`` defaults to ``runs/<file stem>``; with ``model: NAME`` the
+        card's sections are filled in under the user's (:func:`cellssl.zoo.apply.apply_model_card`).
     :raises ConfigError: if the file is missing or not valid YAML, an override is malformed, or a
         top-level key is unknown.
     """
@@ -43,6 +44,9 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
             raise ConfigError(str(key), f"unknown top-level key in '{path}'. Allowed: {', '.join(TOP_LEVEL_KEYS)}.")
     if "eval" in config and config.eval is not None and not isinstance(config.eval, ListConfig):
         raise ConfigError("eval", "must be a list of evaluator blocks, e.g. `eval: [{name: knn, label_column: y}]`")
+    from cellssl.zoo.apply import apply_model_card
+
+    apply_model_card(config)
     if config.get("run") is None:
         config.run = {}
     if not config.run.get("output_dir"):

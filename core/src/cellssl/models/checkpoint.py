@@ -12,7 +12,9 @@ Accepted files (always read with ``torch.load(weights_only=True)``):
   nested dicts first (``student.module.backbone.`` in a DINO v1 checkpoint; ``student.backbone.`` too,
   since the ``module.`` of DistributedDataParallel may be left out), then against the keys of the
   automatically chosen state dict (``student.backbone.`` inside DINOv2's ``model`` entry);
-- DINOv2 ``block_chunks`` layout ``blocks.<chunk>.<i>.`` (un-nested to ``blocks.<i>.``, ``i`` global).
+- DINOv2 ``block_chunks`` layout ``blocks.<chunk>.<i>.`` (un-nested to ``blocks.<i>.``, ``i`` global);
+- a ``.safetensors`` file (read with :func:`safetensors.torch.load_file`, never unpickled), e.g. one written by
+  ``cellssl weights export``; its keys go through the same prefix stripping and un-chunking.
 
 A ``pos_embed`` whose grid differs from the model's is resized with the model's own interpolation.
 A checkpoint that lacks only ``mask_token`` (DINO v1 models) loads with the model's zero mask token.
@@ -290,6 +292,8 @@ def read_checkpoint_file(
         raise CheckpointError(
             f"{path}: the {what} is empty (0 bytes): the write or copy that produced it did not finish. {remedy}"
         )
+    if is_safetensors(path):
+        return read_safetensors_file(path, remedy=remedy, what=what)
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -310,6 +314,65 @@ def read_checkpoint_file(
         f"{path}: cannot be read with torch.load(weights_only=True) ({reason}): the {what} ({size} bytes) is "
         f"truncated or damaged (e.g. an interrupted copy or download), or not a file written by torch.save. {remedy}"
     )
+
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a safetensors file (by its ``.safetensors`` suffix)."""
+    return Path(path).suffix.lower() == SAFETENSORS_SUFFIX
+
+
+def read_safetensors_file(path: str | os.PathLike[str], *, remedy: str, what: str = "checkpoint") -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file (on the CPU), with errors a user can act on.
+
+    :raises CheckpointError: naming ``path`` when the file is missing, truncated or not safetensors.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file not found: {path}")
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = describe_load_error(exc)
+        raise CheckpointError(
+            f"{path}: cannot be read as safetensors ({reason}): the {what} ({path.stat().st_size} bytes) is "
+            f"truncated or damaged, or not a safetensors file. {remedy}"
+        ) from None
+
+
+def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file's header (empty when there are none).
+
+    Reads only the header, not the tensors.
+
+    :raises CheckpointError: naming ``path`` when the header cannot be read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the safetensors header ({describe_load_error(exc)})") from None
+
+
+def save_safetensors_atomic(
+    state: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write the tensors of ``state`` (contiguous CPU copies) as safetensors, atomically, with string
+    ``metadata`` in the header. Tensors sharing memory are written as separate copies."""
+    from safetensors.torch import save
+
+    tensors = {str(k): v.detach().to("cpu").contiguous().clone() for k, v in state.items()
+               if isinstance(v, torch.Tensor)}
+    blob = save(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    with atomic_open(path, "wb") as handle:
+        handle.write(blob)
 
 
 def load_backbone_weights(

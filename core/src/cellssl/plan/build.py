@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cellssl.config.schema import STAGES, EmbedSection, NormalizeSection, RunSection
 from cellssl.config.validate import resolve_entry, validate_block
-from cellssl.errors import ConfigError
+from cellssl.errors import CellsslError, ConfigError
 from cellssl.plan.model import Component, DataSpec, ExtraDataset, LauncherSpec, RunPlan, WeightsSpec
 
 #: Keys any ``data:`` block may carry besides the dataset's own parameters; the core handles them.
@@ -86,6 +86,34 @@ def _weights(raw: Any) -> WeightsSpec | None:
     return WeightsSpec(file, prefix or None)
 
 
+#: ``backbone: {name: auto}`` builds the architecture inferred from the ``weights:`` checkpoint.
+AUTO_BACKBONE = "auto"
+
+
+def _auto_backbone(raw: Any, weights: WeightsSpec | None) -> Any:
+    """``backbone:`` with ``name: auto`` replaced by the block :func:`cellssl.zoo.inspect.inspect_weights`
+    infers from ``weights:`` (other keys of the user's block win); any other block is returned as is.
+
+    Opens the checkpoint (so imports torch) only for ``name: auto``.
+
+    :raises ConfigError: naming ``backbone.name`` when there is no ``weights:``.
+    :raises cellssl.errors.CheckpointError: when the checkpoint is unreadable or not a ViT.
+    """
+    raw = _container(raw)
+    if not isinstance(raw, Mapping) or raw.get("name") != AUTO_BACKBONE:
+        return raw
+    if weights is None:
+        raise ConfigError("backbone.name", "is 'auto', which infers the architecture from the `weights:` "
+                                           "checkpoint; set `weights:` or name the backbone (e.g. vit_small).")
+    from cellssl.zoo.inspect import inspect_weights
+
+    try:
+        inspection = inspect_weights(weights.path, key_prefix=weights.key_prefix)
+    except CellsslError as exc:
+        raise type(exc)(f"config key 'backbone' (name: auto): {exc}") from None
+    return {**inspection.backbone, **{k: v for k, v in raw.items() if k != "name"}}
+
+
 def _launcher(raw: Any) -> LauncherSpec:
     from cellssl.launch.launcher import LAUNCHERS, LocalLauncherConfig
 
@@ -148,7 +176,9 @@ def build_plan(config: DictConfig, stages: list[str] | None = None) -> RunPlan:
         raise ConfigError("run.stages", f"unknown stage '{unknown[0]}'; stages are {STAGES}")
     data = data_spec(config.data, "data") if config.get("data") is not None else None
     channels = component(config.get("channels") or {"name": "fixed"}, "channel_strategy", "channels")
-    backbone = component(config.backbone, "backbone", "backbone") if config.get("backbone") is not None else None
+    weights = _weights(config.get("weights"))
+    backbone = (component(_auto_backbone(config.backbone, weights), "backbone", "backbone")
+                if config.get("backbone") is not None else None)
     objective = component(config.objective, "objective", "objective") if config.get("objective") is not None else None
     train = validate_block(config.get("train"), TrainSection, "train")
     extras = [ExtraDataset(data_spec(entry.data, f"train.extra_datasets[{i}].data"), entry.weight)
@@ -159,7 +189,7 @@ def build_plan(config: DictConfig, stages: list[str] | None = None) -> RunPlan:
     evaluators = [component(block, "evaluator", f"eval[{i}]") for i, block in enumerate(blocks)]
     plan = RunPlan(config=config, run=run, stages=todo, data=data, channels=channels, backbone=backbone,
                    objective=objective, train=train, extra_datasets=extras, embed=embed, normalize=normalize,
-                   evaluators=evaluators, launcher=_launcher(config.get("launcher")),
-                   weights=_weights(config.get("weights")))
+                   evaluators=evaluators, launcher=_launcher(config.get("launcher")), weights=weights,
+                   model=config.get("model"))
     _require(plan)
     return plan

@@ -140,6 +140,7 @@ class RunPlan:
     :ivar evaluators: one component per ``eval[i]``.
     :ivar launcher: the launcher.
     :ivar weights: the ``weights:`` checkpoint (``None``: the run's trained teacher, else random).
+    :ivar model: the model card ``model:`` named (its sections are already merged into the config).
     :ivar checked: set by :func:`~cellssl.plan.checks.check_plan` once the cross-section checks passed.
     :ivar cache: objects built by the checks and reused by the stages (datasets), never by hand.
     """
@@ -158,6 +159,7 @@ class RunPlan:
     evaluators: list[Component]
     launcher: LauncherSpec
     weights: WeightsSpec | None
+    model: str | None = None
     checked: bool = False
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -167,8 +169,10 @@ class RunPlan:
         return Path(self.run.output_dir or "runs/run")
 
     def sections(self) -> dict[str, Any]:
-        """Every section with all defaults, as plain data (what ``cellssl config show`` prints)."""
+        """Every section with all defaults, as plain data (what ``cellssl config show`` prints); ``model`` only
+        when a model card filled the sections."""
         return {
+            **({"model": self.model} if self.model else {}),
             "run": _plain(self.run),
             "data": self.data.as_dict() if self.data else None,
             "channels": self.channels.as_dict(),
