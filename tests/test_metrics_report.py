@@ -80,6 +80,9 @@ def test_multilabel_edges_and_errors() -> None:
     one = multilabel_metrics([[1, 0]], [[0.7, 0.2]], label_names=["dna", "er"], threshold=0.6)
     assert one["n"] == 1 and one["threshold"] == 0.6 and one["macro_f1"] == 0.5 and set(one["per_label"]) == {"dna",
                                                                                                                "er"}
+    # label "er" is predicted once but never true: it counts among the labels scored
+    false_alarm = multilabel_metrics([[1, 0], [0, 0]], [[0.9, 0.1], [0.2, 0.8]], label_names=["dna", "er"])
+    assert false_alarm["num_labels_scored"] == 2 and false_alarm["macro_f1_present_labels"] == 0.5
     nothing = multilabel_metrics([[0, 0], [0, 0]], [[0.1, 0.2], [0.3, 0.0]], per_label=False)
     assert nothing["macro_f1_present_labels"] == 0.0 and nothing["num_labels_scored"] == 0
     assert nothing["micro_f1"] == 0.0 and nothing["subset_accuracy"] == 1.0 and "per_label" not in nothing
