@@ -380,6 +380,10 @@ def execute(config: DictConfig | RunPlan, stages: list[str] | None = None, *,
                 from cellssl.train.stage import train_stage
 
                 outputs[stage] = train_stage(run)
+            elif stage == "finetune":
+                from cellssl.finetune.stage import finetune_stage
+
+                outputs[stage] = finetune_stage(run)
             elif stage == "embed":
                 outputs[stage] = embed_stage(run)
             else:

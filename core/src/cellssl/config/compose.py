@@ -14,7 +14,7 @@ from cellssl.atomic import atomic_write_text
 from cellssl.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("run", "data", "model", "channels", "backbone", "weights", "normalize", "objective", "train",
-                  "embed", "eval", "launcher")
+                  "finetune", "embed", "eval", "launcher")
 
 
 def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:

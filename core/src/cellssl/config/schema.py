@@ -20,7 +20,8 @@ class RunSection:
     :ivar device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
     :ivar num_threads: CPU threads for torch (``None``: torch's default).
     :ivar stages: stages ``cellssl run`` executes, in order; default: ``train`` when an ``objective`` is
-        configured, ``embed`` and ``eval`` when ``eval`` evaluators are listed.
+        configured, ``finetune`` when a ``finetune`` section is, ``embed``, and ``eval`` when ``eval``
+        evaluators are listed.
     """
 
     output_dir: str | None = None
@@ -38,7 +39,7 @@ class RunSection:
                 raise ValueError(f"unknown stages {unknown}; stages are {STAGES}")
 
 
-STAGES = ("train", "embed", "eval")
+STAGES = ("train", "finetune", "embed", "eval")
 
 
 @dataclass

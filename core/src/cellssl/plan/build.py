@@ -138,6 +138,8 @@ def default_stages(config: DictConfig, run: RunSection) -> list[str]:
     if run.stages is not None:
         return list(run.stages)
     stages = ["train"] if config.get("objective") is not None else []
+    if config.get("finetune") is not None:
+        stages.append("finetune")
     stages.append("embed")
     if config.get("eval"):
         stages.append("eval")
@@ -149,7 +151,9 @@ def _require(plan: RunPlan) -> None:
     for stage in plan.stages:
         if stage == "train" and plan.objective is None:
             raise ConfigError("objective", "is required to train, e.g. `objective: {name: dino}` (see configs/train/).")
-        if stage in ("train", "embed"):
+        if stage == "finetune" and plan.finetune is None:
+            raise ConfigError("finetune", "is required by the finetune stage, e.g. `finetune: {label_column: phase}`.")
+        if stage in ("train", "finetune", "embed"):
             if plan.data is None:
                 raise ConfigError("data", f"is required by the {stage} stage, e.g. "
                                           "`data: {name: table, table: meta.csv}`.")
@@ -167,6 +171,7 @@ def build_plan(config: DictConfig, stages: list[str] | None = None) -> RunPlan:
     :raises ConfigError: naming the full key path of the first invalid value.
     :raises cellssl.errors.UnknownNameError: for a name no installed plugin registers.
     """
+    from cellssl.finetune.config import FinetuneSection
     from cellssl.train.config import TrainSection
 
     run = validate_block(config.get("run"), RunSection, "run")
@@ -190,6 +195,8 @@ def build_plan(config: DictConfig, stages: list[str] | None = None) -> RunPlan:
     plan = RunPlan(config=config, run=run, stages=todo, data=data, channels=channels, backbone=backbone,
                    objective=objective, train=train, extra_datasets=extras, embed=embed, normalize=normalize,
                    evaluators=evaluators, launcher=_launcher(config.get("launcher")), weights=weights,
-                   model=config.get("model"))
+                   model=config.get("model"),
+                   finetune=validate_block(config.finetune, FinetuneSection, "finetune")
+                   if config.get("finetune") is not None else None)
     _require(plan)
     return plan

@@ -141,6 +141,7 @@ class RunPlan:
     :ivar launcher: the launcher.
     :ivar weights: the ``weights:`` checkpoint (``None``: the run's trained teacher, else random).
     :ivar model: the model card ``model:`` named (its sections are already merged into the config).
+    :ivar finetune: the ``finetune:`` section (:class:`cellssl.finetune.config.FinetuneSection`; ``None``: absent).
     :ivar checked: set by :func:`~cellssl.plan.checks.check_plan` once the cross-section checks passed.
     :ivar cache: objects built by the checks and reused by the stages (datasets), never by hand.
     """
@@ -160,6 +161,7 @@ class RunPlan:
     launcher: LauncherSpec
     weights: WeightsSpec | None
     model: str | None = None
+    finetune: Any = None
     checked: bool = False
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -170,7 +172,7 @@ class RunPlan:
 
     def sections(self) -> dict[str, Any]:
         """Every section with all defaults, as plain data (what ``cellssl config show`` prints); ``model`` only
-        when a model card filled the sections."""
+        when a model card filled the sections, ``finetune`` only when configured."""
         return {
             **({"model": self.model} if self.model else {}),
             "run": _plain(self.run),
@@ -182,6 +184,7 @@ class RunPlan:
             "objective": self.objective.as_dict() if self.objective else None,
             "train": {**_plain(self.train),
                       "extra_datasets": [{"data": e.data.as_dict(), "weight": e.weight} for e in self.extra_datasets]},
+            **({"finetune": _plain(self.finetune)} if self.finetune is not None else {}),
             "embed": _plain(self.embed),
             "eval": [e.as_dict() for e in self.evaluators],
             "launcher": self.launcher.as_dict(),
