@@ -28,14 +28,14 @@ from cellssl.report.results import schema_problems
 CHANNELS = ["dna", "rna", "er"]
 
 
-def _table(n: int = 240, strategy: str = "bag_of_channels (aggregate=concat)") -> EmbeddingTable:
+def _table(n: int = 240, blocks: list[str] | None = None) -> EmbeddingTable:
     """3 blocks of 4 dimensions; only the ``rna`` block depends on the label."""
     rng = np.random.default_rng(0)
     labels = np.array(["G1", "S", "G2"] * (n // 3))
     centres = rng.normal(size=(3, 4)) * 3.0
     signal = centres[pd.factorize(labels, sort=True)[0]] + rng.normal(size=(n, 4))
     emb = np.hstack([rng.normal(size=(n, 4)), signal, rng.normal(size=(n, 4))]).astype(np.float32)
-    manifest = {"info": {"channels": CHANNELS, "strategy": strategy}}
+    manifest = {"info": {"channels": CHANNELS, "strategy": "test", "blocks": CHANNELS if blocks is None else blocks}}
     return EmbeddingTable(metadata=pd.DataFrame({"phase": labels}), embeddings=emb, manifest=manifest)
 
 
@@ -76,15 +76,24 @@ def test_block_scores_are_the_knn_scores_of_the_block(tmp_path: Path) -> None:
 
 
 def test_block_layout_from_the_manifest() -> None:
-    assert block_layout(_table(), [], "ca") == CHANNELS
-    ordered = _table(strategy="per_channel_concat (er, dna, rna; missing=zeros)")
-    assert block_layout(ordered, [], "ca") == ["er", "dna", "rna"]
-    assert block_layout(_table(strategy="per_channel_concat (data order; missing=error)"), [], "ca") == CHANNELS
-    assert block_layout(_table(strategy="fixed (dna, rna, er)"), ["a", "b"], "ca") == ["a", "b"]  # 12 / 2
-    with pytest.raises(ConfigError, match="does not concatenate one block per channel"):
-        block_layout(_table(strategy="bag_of_channels (aggregate=mean)"), [], "ca")
-    with pytest.raises(ConfigError, match="does not concatenate"):
-        block_layout(_table(strategy="fixed (channels of the data)"), [], "ca")
+    from cellssl.channels.bag import BagOfChannels
+    from cellssl.channels.configs import BagOfChannelsConfig, FixedChannelsConfig, PerChannelConcatConfig
+    from cellssl.channels.fixed import FixedChannels
+    from cellssl.channels.per_channel import PerChannelConcat
+
+    def recorded(strategy: object) -> EmbeddingTable:
+        return _table(blocks=strategy.block_names(CHANNELS))  # what export_embeddings records
+
+    assert block_layout(recorded(BagOfChannels(BagOfChannelsConfig("concat"))), [], "ca") == CHANNELS
+    ordered = PerChannelConcat(PerChannelConcatConfig(channel_order=["er", "dna", "rna"], missing="zeros"))
+    assert block_layout(recorded(ordered), [], "ca") == ["er", "dna", "rna"]
+    assert block_layout(recorded(PerChannelConcat(PerChannelConcatConfig())), [], "ca") == CHANNELS
+    fixed = recorded(FixedChannels(FixedChannelsConfig()))
+    assert block_layout(fixed, ["a", "b"], "ca") == ["a", "b"]  # 12 / 2
+    with pytest.raises(ConfigError, match=r"one block \(mean over channels\), not one block per channel"):
+        block_layout(recorded(BagOfChannels(BagOfChannelsConfig("mean"))), [], "ca")
+    with pytest.raises(ConfigError, match=r"one block \(all channels\)"):
+        block_layout(fixed, [], "ca")
     with pytest.raises(ConfigError, match=r"ca\.block_names.*5 blocks"):
         block_layout(_table(), ["a", "b", "c", "d", "e"], "ca")
 

@@ -24,9 +24,8 @@ class BagOfChannels(ChannelStrategy):
     def in_chans(self, channel_names: Sequence[str]) -> int:
         return 1
 
-    def training_dataset(self, dataset: CellDataset | Sequence[CellDataset]) -> ChannelSampleDataset:
-        datasets = [dataset] if isinstance(dataset, CellDataset) else list(dataset)
-        return ChannelSampleDataset(datasets)
+    def training_dataset(self, dataset: CellDataset) -> ChannelSampleDataset:
+        return ChannelSampleDataset([dataset])
 
     def embed(self, backbone: nn.Module, images: torch.Tensor, channel_names: Sequence[str]) -> torch.Tensor:
         per_channel = embed_channels_folded(backbone, images)
@@ -34,8 +33,8 @@ class BagOfChannels(ChannelStrategy):
             return per_channel.mean(dim=1)
         return per_channel.flatten(1)
 
-    def out_dim(self, channel_names: Sequence[str], embed_dim: int) -> int:
-        return embed_dim * len(channel_names) if self.config.aggregate == "concat" else embed_dim
+    def block_names(self, channel_names: Sequence[str]) -> list[str]:
+        return list(channel_names) if self.config.aggregate == "concat" else ["mean over channels"]
 
     def describe(self) -> str:
         return f"bag_of_channels (aggregate={self.config.aggregate})"

@@ -40,8 +40,8 @@ class ChannelStrategy(ABC):
 
     @abstractmethod
     def training_dataset(self, dataset: CellDataset) -> torch.utils.data.Dataset:
-        """The dataset the SSL objective iterates over (yields :class:`~cellssl.data.sample.CellSample`
-        with ``in_chans`` channels)."""
+        """The dataset the SSL objective iterates over for ``dataset`` (yields
+        :class:`~cellssl.data.sample.CellSample` with ``in_chans`` channels); called once per dataset."""
 
     @abstractmethod
     def embed(self, backbone: nn.Module, images: torch.Tensor, channel_names: Sequence[str]) -> torch.Tensor:
@@ -56,8 +56,26 @@ class ChannelStrategy(ABC):
         """
 
     @abstractmethod
+    def block_names(self, channel_names: Sequence[str]) -> list[str]:
+        """Names of the equal-sized blocks an embedding of data with ``channel_names`` is made of, in order.
+
+        One name per channel for strategies that concatenate per-channel embeddings; a single name for an
+        embedding over all channels (``fixed``) or a channel-independent aggregate (``mean``). Recorded in
+        the embedding manifest (``info.blocks``), where channel attribution reads it.
+        """
+
+    def input_order(self, channel_names: Sequence[str]) -> list[int]:
+        """Indices of ``channel_names`` in the order the backbone takes them (default: as given).
+
+        :raises cellssl.errors.DataError: if the channels do not fit the strategy.
+        """
+        self.check_channels(channel_names)
+        return list(range(len(channel_names)))
+
     def out_dim(self, channel_names: Sequence[str], embed_dim: int) -> int:
-        """Dimension of the embedding of an image with ``channel_names`` for a backbone of ``embed_dim``."""
+        """Dimension of the embedding of an image with ``channel_names`` for a backbone of ``embed_dim``:
+        ``embed_dim`` per block of :meth:`block_names`."""
+        return embed_dim * len(self.block_names(channel_names))
 
     def describe(self) -> str:
         """One line for logs."""

@@ -56,9 +56,12 @@ class FixedChannels(ChannelStrategy):
             images = images[:, order]
         return backbone(images)
 
-    def out_dim(self, channel_names: Sequence[str], embed_dim: int) -> int:
+    def block_names(self, channel_names: Sequence[str]) -> list[str]:
         self._order(channel_names)
-        return embed_dim
+        return ["all channels"]
+
+    def input_order(self, channel_names: Sequence[str]) -> list[int]:
+        return self._order(channel_names)
 
     def describe(self) -> str:
         return f"fixed ({', '.join(self.expected) if self.expected else 'channels of the data'})"

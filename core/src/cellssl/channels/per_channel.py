@@ -53,9 +53,8 @@ class PerChannelConcat(ChannelStrategy):
     def in_chans(self, channel_names: Sequence[str]) -> int:
         return 1
 
-    def training_dataset(self, dataset: CellDataset | Sequence[CellDataset]) -> ChannelSampleDataset:
-        datasets = [dataset] if isinstance(dataset, CellDataset) else list(dataset)
-        return ChannelSampleDataset(datasets)
+    def training_dataset(self, dataset: CellDataset) -> ChannelSampleDataset:
+        return ChannelSampleDataset([dataset])
 
     def embed(self, backbone: nn.Module, images: torch.Tensor, channel_names: Sequence[str]) -> torch.Tensor:
         pairs = self._present(channel_names)
@@ -70,9 +69,12 @@ class PerChannelConcat(ChannelStrategy):
         out[:, [position for position, _ in pairs]] = per_channel
         return out.flatten(1)
 
-    def out_dim(self, channel_names: Sequence[str], embed_dim: int) -> int:
+    def check_channels(self, channel_names: Sequence[str]) -> None:
         self._present(channel_names)
-        return embed_dim * len(self.layout(channel_names))
+
+    def block_names(self, channel_names: Sequence[str]) -> list[str]:
+        self._present(channel_names)
+        return self.layout(channel_names)
 
     def describe(self) -> str:
         order = ", ".join(self.config.channel_order) or "data order"

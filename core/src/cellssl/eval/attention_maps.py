@@ -69,12 +69,7 @@ def model_units(
     in_chans = int(backbone.in_chans)
     if in_chans == 1:
         return image[:, None], names, [[c] for c in range(len(names))]
-    expected = list(getattr(strategy, "expected", ()) or ())
-    order = list(range(len(names)))
-    if expected and expected != names:
-        if sorted(expected) != sorted(names):
-            raise DataError(f"the model takes channels {expected} but the data has {names}")
-        order = [names.index(n) for n in expected]
+    order = strategy.input_order(names)
     if len(order) != in_chans:
         raise DataError(f"the backbone takes {in_chans} channels but the image has {len(names)} ({names})")
     return image[order][None], ["all channels"], [order]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,19 +117,16 @@ def block_layout(table: EmbeddingTable, block_names: list[str], key: str) -> lis
         ``aggregate=mean``), no names are known, or the dimension is not a multiple of the block count.
     """
     info = table.manifest.get("info", {}) if table.manifest else {}
-    strategy = str(info.get("strategy", ""))
     names = list(block_names)
     if not names:
-        if strategy.startswith("fixed") or "aggregate=mean" in strategy:
+        recorded = [str(n) for n in info.get("blocks", [])]
+        if len(recorded) == 1:
             raise ConfigError(f"{key}.block_importance",
-                              f"the embeddings come from strategy '{strategy}', which does not concatenate one "
-                              "block per channel; block importance needs bag_of_channels (aggregate: concat) or "
-                              "per_channel_concat. Set block_importance: false (drop_channel still works).")
-        order = re.match(r"per_channel_concat \((.*);", strategy)
-        if order and order.group(1) != "data order":
-            names = [n.strip() for n in order.group(1).split(",")]
-        else:
-            names = [str(c) for c in info.get("channels", [])]
+                              f"the embeddings come from strategy '{info.get('strategy', '')}', whose embedding is one "
+                              f"block ({recorded[0]}), not one block per channel; block importance needs "
+                              "bag_of_channels (aggregate: concat) or per_channel_concat. Set block_importance: false "
+                              "(drop_channel still works).")
+        names = recorded
     if not names:
         raise ConfigError(f"{key}.block_names", "the embedding manifest records no channels; list the channel "
                                                  "names of the blocks, in order")

@@ -86,7 +86,8 @@ def export_embeddings(
     backbone = backbone.to(device).eval()
     positions = list(indices) if indices is not None else list(range(len(dataset)))
     channel_names = tuple(dataset.channel_names)
-    info = {"channels": list(channel_names), "strategy": strategy.describe(), **(manifest_info or {})}
+    info = {"channels": list(channel_names), "strategy": strategy.describe(),
+            "blocks": strategy.block_names(channel_names), **(manifest_info or {})}
     out_dir = Path(out_dir)
     batcher = _Batcher(preprocess)
     with EmbeddingWriter(out_dir, shard_rows=shard_rows, shard_prefix=shard_prefix, info=info, overwrite=True,

@@ -50,6 +50,9 @@ class ChannelSubset(ChannelStrategy):
     def embed(self, backbone: nn.Module, images: torch.Tensor, channel_names: Sequence[str]) -> torch.Tensor:
         return backbone(images[:, self._indices(channel_names)])
 
-    def out_dim(self, channel_names: Sequence[str], embed_dim: int) -> int:
+    def check_channels(self, channel_names: Sequence[str]) -> None:
         self._indices(channel_names)
-        return embed_dim
+
+    def block_names(self, channel_names: Sequence[str]) -> list[str]:
+        self._indices(channel_names)
+        return ["+".join(self.keep)]  # one embedding over the kept channels
