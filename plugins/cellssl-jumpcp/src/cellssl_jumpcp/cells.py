@@ -3,7 +3,8 @@
 Nucleus centres come from ``locations`` tables (CellProfiler's ``Location_Center_X/Y`` per site; matched
 on ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``) or, when none are given, from a segmentation
 of the illumination-corrected DNA channel (:func:`cellssl_jumpcp.nuclei.find_nuclei`; every site is
-decoded once when the dataset is built).
+decoded once when the dataset is built, or not at all when ``nuclei_cache`` holds its centres:
+:mod:`cellssl_jumpcp.nuclei_cache`).
 
 A crop of side ``s`` around a centre ``(y, x)`` is the window ``[round(y) - s // 2, round(y) - s // 2 + s)``
 (and the same in x) of the corrected site. Cells whose window leaves the site are dropped (cut by the
@@ -25,6 +26,7 @@ from cellssl.errors import DataError
 from cellssl_jumpcp.config import JumpCellsConfig
 from cellssl_jumpcp.loaddata import find_tables, read_text_table
 from cellssl_jumpcp.metadata import canonical_wells
+from cellssl_jumpcp.nuclei_cache import NucleiCache
 from cellssl_jumpcp.sites import SiteCache
 from cellssl_jumpcp.source import JumpSource
 
@@ -96,16 +98,12 @@ class JumpCellsDataset(CellDataset):
                             f"{list(self.source.jump_channels)}")
         centres, site_rows, counts = [], [], []
         keys = sites[SITE_KEYS].astype(str).to_numpy()
+        cache = self._nuclei_cache() if not config.locations and config.nuclei_cache else None
         for i in tqdm(range(len(sites)), desc="finding nuclei", disable=len(sites) < 20, leave=False):
             if config.locations:
                 found = located.get(tuple(keys[i]), np.zeros((0, 2)))
             else:
-                from cellssl_jumpcp.nuclei import find_nuclei
-
-                image = self._cache.get(i)
-                shape = image.shape[1:]
-                found = find_nuclei(image[self.source.jump_channels.index(config.segment_channel)],
-                                    config.min_area, config.smoothing, config.min_distance)
+                found, shape = self._segment(i, keys[i], cache)
             keep = inside(found, shape, size)
             kept = found[keep]
             if config.max_cells_per_site is not None:
@@ -113,6 +111,9 @@ class JumpCellsDataset(CellDataset):
             counts.append((*keys[i], len(found), int((~keep).sum()), len(kept)))
             centres.append(kept)
             site_rows.append(np.full(len(kept), i, dtype=np.int64))
+        if cache is not None:
+            cache.flush()
+            logger.info("nucleus cache %s: %d site(s) reused, %d segmented", cache.folder, cache.hits, cache.misses)
         self.site_counts = pd.DataFrame(counts, columns=[*SITE_KEYS, "found", "border_dropped", "kept"])
         self.centres = np.concatenate(centres) if centres else np.zeros((0, 2))
         self.site_index = np.concatenate(site_rows) if site_rows else np.zeros(0, dtype=np.int64)
@@ -124,6 +125,31 @@ class JumpCellsDataset(CellDataset):
         logger.info("jump_cells: %d cells from %d sites (%d found, %d cut by the border dropped, median %.0f per site)",
                     len(self.metadata), len(sites), int(self.site_counts["found"].sum()),
                     int(self.site_counts["border_dropped"].sum()), float(self.site_counts["kept"].median()))
+
+    def _nuclei_cache(self) -> NucleiCache:
+        cfg = self.config
+        return NucleiCache(cfg.nuclei_cache, {"channel": cfg.segment_channel, "min_area": cfg.min_area,
+                                              "smoothing": cfg.smoothing, "min_distance": cfg.min_distance,
+                                              "illum": cfg.illum, "bit_depth": cfg.bit_depth})
+
+    def _segment(self, index: int, key: np.ndarray, cache: NucleiCache | None) -> tuple[np.ndarray, tuple[int, int]]:
+        """Centres of site ``index`` (from the cache when its files are unchanged) and the site's ``(H, W)``."""
+        from cellssl_jumpcp.nuclei import find_nuclei
+
+        channel = self.source.jump_channels.index(self.config.segment_channel)
+        files = [self.source.files(index)[channel]]
+        illum = self.source.illum_files(index)
+        if illum is not None:
+            files.append(illum[channel])
+        if cache is not None:
+            found = cache.get(*key, files)
+            if found is not None:
+                return found, self.source.site_shape(index)
+        image = self._cache.get(index)
+        found = find_nuclei(image[channel], self.config.min_area, self.config.smoothing, self.config.min_distance)
+        if cache is not None:
+            cache.put(*key, files, found)
+        return found, image.shape[1:]
 
     def load_image(self, index: int) -> torch.Tensor:
         """Crop ``index`` as float32 ``(C, crop_size, crop_size)`` of the corrected site.

@@ -109,6 +109,8 @@ class JumpCellsConfig(JumpSitesConfig):
     :ivar min_distance: smallest distance between two watershed seeds (splits touching nuclei).
     :ivar max_cells_per_site: keep at most this many cells per site (the first in row-major order of
         their centres); ``None``: all.
+    :ivar nuclei_cache: folder where segmented nucleus centres are stored per plate and reused when the dataset
+        is built again (:mod:`cellssl_jumpcp.nuclei_cache`); empty: segment at every build.
     """
 
     crop_size: int = 96
@@ -120,6 +122,7 @@ class JumpCellsConfig(JumpSitesConfig):
     smoothing: float = 1.0
     min_distance: int = 7
     max_cells_per_site: int | None = None
+    nuclei_cache: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()

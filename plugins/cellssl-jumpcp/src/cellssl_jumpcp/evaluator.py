@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +37,14 @@ from cellssl_jumpcp.profiles import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from cellssl.eval.embeddings import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 
 PROFILE_DIR = "profiles"
+Plate = tuple[str, np.ndarray, "pd.DataFrame"]
 
 
 def intensity_features(dataset: Any) -> np.ndarray:
@@ -110,6 +114,9 @@ class JumpMapEvaluator(Evaluator):
     def evaluate(self, table: EmbeddingTable, context: EvalContext) -> dict[str, Any]:
         """Score the run's cell embeddings; write profiles and per-perturbation tables.
 
+        The cells are read plate by plate from the run's shards (``embeddings`` folder) when it has them, else
+        from ``table``.
+
         :return: ``{"evaluator", "metrics", "tables", "counts", "files", "baseline", "split", "config", "identity"}``.
         :raises DataError: for missing columns, no negative control, too few controls to normalise or nothing to score.
         :raises ConfigError: ``intensity_baseline`` without the run's dataset.
@@ -121,7 +128,6 @@ class JumpMapEvaluator(Evaluator):
             plates = iter_plates(folder, cfg.plate_column)
         else:
             plates = iter_table_plates(table.embeddings, table.metadata, cfg.plate_column)
-        result = self._score(plates, run_dir, "embeddings")
         baseline = None
         if cfg.intensity_baseline:
             if context.load_dataset is None:
@@ -130,18 +136,33 @@ class JumpMapEvaluator(Evaluator):
             if len(dataset) != len(table):
                 raise DataError(f"the run's dataset has {len(dataset)} samples but the embeddings {len(table)} rows; "
                                 "the intensity baseline needs the same cells (embed.limit unset)")
-            features = intensity_features(dataset)
-            baseline = self._score(iter_table_plates(features, dataset.metadata, cfg.plate_column), run_dir,
-                                   "baseline")
-            result["metrics"].update({f"baseline_{k}": v for k, v in baseline["metrics"].items()})
+            baseline = iter_table_plates(intensity_features(dataset), dataset.metadata, cfg.plate_column)
+        return self.evaluate_plates(plates, baseline, run_dir, len(table), table.dim, context.identity)
+
+    def evaluate_plates(self, plates: Iterator[Plate], baseline: Iterator[Plate] | None, run_dir: Path,
+                        input_rows: int, dim: int, identity: Mapping[str, Any]) -> dict[str, Any]:
+        """Score cells given plate by plate (the plate array's merge step streams each plate's shards so).
+
+        :param plates: ``(plate, embeddings, metadata)`` per plate (:func:`cellssl_jumpcp.profiles.iter_plates`).
+        :param baseline: the same for per-channel intensity statistics of the same cells, or ``None``.
+        :param input_rows: cells in all; :param dim: embedding dimension; :param identity: the run's identity.
+        :return: see :meth:`evaluate`.
+        :raises DataError: see :meth:`evaluate`.
+        """
+        cfg = self.config
+        result = self._score(plates, run_dir, "embeddings")
+        scored_baseline = None
+        if baseline is not None:
+            scored_baseline = self._score(baseline, run_dir, "baseline")
+            result["metrics"].update({f"baseline_{k}": v for k, v in scored_baseline["metrics"].items()})
         out = {
             "evaluator": self.name,
             **result,
-            "baseline": baseline,
-            "split": {"mode": "well profiles (no train/test split)", "input_rows": len(table)},
-            "embedding_dim": table.dim,
+            "baseline": scored_baseline,
+            "split": {"mode": "well profiles (no train/test split)", "input_rows": int(input_rows)},
+            "embedding_dim": int(dim),
             "config": dataclasses.asdict(cfg),
-            "identity": dict(context.identity),
+            "identity": dict(identity),
         }
         return to_jsonable(out)
 

@@ -12,7 +12,7 @@ from cellssl.plugins import hookimpl
 from cellssl_jumpcp.config import JumpCellsConfig, JumpMapConfig, JumpSitesConfig
 
 if TYPE_CHECKING:
-    from cellssl.plugins.registry import Registrar
+    from cellssl.plugins.registry import CliCommand, Registrar
 
 
 def build_sites(config: JumpSitesConfig) -> Any:
@@ -51,3 +51,11 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
     """``jump_map``: well profiles, per-plate normalisation on negative controls, activity / consistency mAP."""
     registry.add("jump_map", build_map, JumpMapConfig,
                  "JUMP profiling: median well profiles, negcon-fitted normalisation, mAP vs DMSO, fraction retrieved")
+
+
+@hookimpl
+def cellssl_cli_commands() -> list[CliCommand]:
+    """``cellssl jump array CONFIG`` (plates as a job array) and ``cellssl jump merge CONFIG``."""
+    from cellssl_jumpcp.cli import jump_commands
+
+    return jump_commands()

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,30 +33,64 @@ def feature_names(dim: int) -> list[str]:
     return [f"emb_{i:04d}" for i in range(dim)]
 
 
-def iter_plates(folder: Path, plate_column: str) -> Iterator[tuple[str, np.ndarray, pd.DataFrame]]:
-    """``(plate, embeddings (n, D) float32, metadata)`` for each plate of an embedding folder, one plate in memory.
+def shard_files(folders: Path | Sequence[Path]) -> list[Path]:
+    """The embedding shards (``*.parquet``, hidden temporary files excluded) of one folder or several, sorted.
 
-    :raises DataError: when the folder has no shards or lacks ``plate_column``.
+    :raises DataError: naming the folders when none holds a shard.
     """
+    folders = [Path(folders)] if isinstance(folders, str | Path) else [Path(f) for f in folders]
+    shards = [p for folder in folders for p in sorted(folder.glob("*.parquet")) if not p.name.startswith(".")]
+    if not shards:
+        raise DataError(f"no embedding shards (*.parquet) in {', '.join(map(str, folders[:5]))}")
+    return shards
+
+
+def iter_plates(folders: Path | Sequence[Path], plate_column: str, stats: dict[str, int] | None = None
+                ) -> Iterator[tuple[str, np.ndarray, pd.DataFrame]]:
+    """``(plate, embeddings (n, D) float32, metadata)`` for each plate of one or several embedding folders, in
+    plate order, with one plate in memory at a time.
+
+    A first pass reads only ``plate_column`` of each shard (which plates a shard holds); then each plate is
+    read from the shards holding it, with a filter on the plate column, so the rows materialised at once are
+    one plate's (not the source's), whatever the number of plates or folders.
+
+    :param stats: when given, ``stats["max_rows"]`` is set to the most rows materialised at once and
+        ``stats["plates"]`` to the number of plates yielded.
+    :raises DataError: when there is no shard, or a shard is unreadable or lacks ``plate_column``.
+    """
+    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     from cellssl.eval.embeddings import EMBEDDING_COLUMN
 
-    shards = sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
-    if not shards:
-        raise DataError(f"no embedding shards (*.parquet) in {folder}")
-    dataset = ds.dataset([str(p) for p in shards], format="parquet")
-    if plate_column not in dataset.schema.names:
-        raise DataError(f"column '{plate_column}' (config key 'jump_map.plate_column') is not in the embeddings "
-                        f"of {folder}; columns: {dataset.schema.names[:20]}")
-    plates = sorted({str(v) for v in dataset.to_table(columns=[plate_column]).column(0).to_pylist()})
-    for plate in plates:
-        table = dataset.to_table(filter=pc.field(plate_column) == plate)
+    shards = shard_files(folders)
+    holders: dict[str, list[Path]] = {}
+    for shard in shards:
+        try:
+            if plate_column not in pq.ParquetFile(shard).schema_arrow.names:
+                raise DataError(f"column '{plate_column}' (config key 'jump_map.plate_column') is not in the "
+                                f"embedding shard {shard}")
+            values = pq.read_table(shard, columns=[plate_column]).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"embedding shard {shard} is unreadable or corrupt: {exc}") from exc
+        for plate in pc.unique(values.cast(pa.string())).to_pylist():
+            holders.setdefault(str(plate), []).append(shard)
+    if stats is not None:
+        stats.update(max_rows=0, plates=0)
+    for plate in sorted(holders):
+        tables = [pq.read_table(s, filters=pc.field(plate_column).cast(pa.string()) == plate) for s in holders[plate]]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        del tables
         column = table.column(EMBEDDING_COLUMN)
         dim = column.type.list_size
         values = np.concatenate([chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks])
-        yield plate, values.reshape(-1, dim).astype(np.float32), table.drop_columns([EMBEDDING_COLUMN]).to_pandas()
+        metadata = table.drop_columns([EMBEDDING_COLUMN]).to_pandas()
+        if stats is not None:
+            stats["max_rows"] = max(stats["max_rows"], table.num_rows)
+            stats["plates"] += 1
+        del table, column
+        yield plate, values.reshape(-1, dim).astype(np.float32, copy=False), metadata
 
 
 def iter_table_plates(embeddings: np.ndarray, metadata: pd.DataFrame, plate_column: str
