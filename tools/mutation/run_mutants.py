@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -126,9 +127,18 @@ def run_mutmut(target: Target, ws: Path, budget: float) -> tuple[bool, float]:
     command = ["nice", "-n", "10", str(mutmut), "run", "--max-children", "1"]
     start = time.monotonic()
     with open(ws / "mutmut.log", "w") as log:
+        # its own process group: at the budget, mutmut and the workers it forked are interrupted together
+        proc = subprocess.Popen(command, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(command, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget)
+            proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # mutmut stores the results it has on an interrupt
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             return False, time.monotonic() - start
     if proc.returncode != 0:
         tail = (ws / "mutmut.log").read_text(errors="replace")[-3000:]
