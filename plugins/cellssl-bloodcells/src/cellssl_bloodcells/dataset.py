@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellssl.data.readers import SUPPORTED_SUFFIXES
-from cellssl.data.table import TableDataset, TableDatasetConfig
-from cellssl.errors import DataError
+from cellssl.api import SUPPORTED_SUFFIXES, DataError, TableDataset, TableDatasetConfig
 from cellssl_bloodcells.config import BloodCellsConfig
 
 logger = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cellssl.plugins import hookimpl
+from cellssl.api import hookimpl
 from cellssl_bloodcells.config import BloodCellsConfig
 
 if TYPE_CHECKING:
-    from cellssl.plugins.registry import Registrar
+    from cellssl.api import Registrar
 
 
 def build_bloodcells(config: BloodCellsConfig) -> Any:

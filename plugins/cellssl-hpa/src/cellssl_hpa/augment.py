@@ -38,7 +38,7 @@ def hpa_augment_config(**overrides: Any) -> Any:
         block's defaults above).
     :raises ValueError: for an unknown block name or an invalid value (from the block's dataclass).
     """
-    from cellssl.data.augment import (
+    from cellssl.api import (
         AugmentConfig,
         BlurConfig,
         BrightnessContrastConfig,
@@ -67,8 +67,7 @@ def hpa_multicrop_config(global_size: int = 224, local_size: int = 96, n_local: 
 
     :return: a :class:`~cellssl.data.multicrop.MultiCropConfig`.
     """
-    from cellssl.data.multicrop import MultiCropConfig
-    from cellssl.data.normalize import NormalizeConfig
+    from cellssl.api import MultiCropConfig, NormalizeConfig
 
     return MultiCropConfig(global_size=global_size, local_size=local_size, n_local=n_local,
                            global_aug=hpa_augment_config(), local_aug=hpa_augment_config(),

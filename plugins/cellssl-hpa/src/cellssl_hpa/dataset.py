@@ -36,12 +36,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellssl.data.bitdepth import scale_to_unit
-from cellssl.data.download import check_data_root
-from cellssl.data.labels import parse_flags
-from cellssl.data.readers import read_image, split_tape
-from cellssl.data.table import TableDataset, TableDatasetConfig, read_table
-from cellssl.errors import DataError
+from cellssl.api import (
+    DataError,
+    TableDataset,
+    TableDatasetConfig,
+    check_data_root,
+    parse_flags,
+    read_image,
+    read_table,
+    scale_to_unit,
+    split_tape,
+)
 from cellssl_hpa.classes import (
     CELL_TYPE_COLUMN,
     CELL_TYPE_INDEX_COLUMN,

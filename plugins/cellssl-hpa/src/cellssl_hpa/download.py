@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellssl.errors import DataError
+from cellssl.api import DataError
 from cellssl_hpa.config import HPADownloadConfig
 from cellssl_hpa.dataset import CELL_DINO_SOURCE, KAGGLE_SOURCE
 

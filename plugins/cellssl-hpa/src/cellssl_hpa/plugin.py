@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cellssl.plugins import hookimpl
+from cellssl.api import hookimpl
 from cellssl_hpa.config import HPADownloadConfig, HPAFovConfig, HPASingleCellConfig
 
 if TYPE_CHECKING:
-    from cellssl.plugins.registry import Registrar
+    from cellssl.api import Registrar
 
 
 def build_single_cell(config: HPASingleCellConfig) -> Any:

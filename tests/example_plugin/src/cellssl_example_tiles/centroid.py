@@ -7,9 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from cellssl.errors import DataError
-from cellssl.eval.base import EvalContext, Evaluator
-from cellssl.eval.embeddings import EmbeddingTable
+from cellssl.api import DataError, EmbeddingTable, EvalContext, Evaluator
 from cellssl_example_tiles.configs import NearestCentroidConfig
 
 

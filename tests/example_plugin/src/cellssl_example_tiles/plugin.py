@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cellssl.plugins import Registrar, hookimpl
+from cellssl.api import Registrar, hookimpl
 from cellssl_example_tiles.configs import ChannelSubsetConfig, FovTilesConfig, NearestCentroidConfig
 
 

@@ -7,10 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cellssl.channels.base import ChannelStrategy
-from cellssl.data.dataset import CellDataset
-from cellssl.data.sample import CellSample
-from cellssl.errors import DataError
+from cellssl.api import CellDataset, CellSample, ChannelStrategy, DataError
 from cellssl_example_tiles.configs import ChannelSubsetConfig
 
 

@@ -7,11 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cellssl.data.bitdepth import scale_to_unit
-from cellssl.data.dataset import CellDataset
-from cellssl.data.readers import read_image
-from cellssl.data.vocabulary import canonical_channel_name
-from cellssl.errors import DataError
+from cellssl.api import CellDataset, DataError, canonical_channel_name, read_image, scale_to_unit
 from cellssl_example_tiles.configs import FovTilesConfig
 
 
