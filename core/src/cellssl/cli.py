@@ -1,7 +1,7 @@
 """The ``cellssl`` command line.
 
 Subcommands: ``plugins``, ``config show``, ``train``, ``embed``, ``eval``, ``run``, ``report``,
-``compare``, ``models``, ``weights`` (:mod:`cellssl.zoo.cli`). Configs are YAML files followed by
+``compare``, ``models``, ``weights``, ``benchmark`` (:mod:`cellssl.zoo.cli`). Configs are YAML files followed by
 ``key=value`` overrides. A user mistake (bad config, bad data, unknown plugin name) prints one paragraph
 and exits with status 2; an unexpected error keeps its traceback (status 1).
 """
@@ -254,7 +254,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
-        if args.command in ("models", "weights"):
+        if args.command in ("models", "weights", "benchmark"):
             from cellssl.zoo.cli import run_zoo_command
 
             return int(run_zoo_command(args))

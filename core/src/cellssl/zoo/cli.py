@@ -7,6 +7,8 @@
   download engine (:mod:`cellssl.data.download`), when the card has a public URL.
 - ``cellssl weights inspect FILE [--key-prefix P] [--json]``: layout, inferred architecture, block to paste.
 - ``cellssl weights export RUN_DIR_OR_FILE --to DIR [--license L]``: safetensors + card.json + README.
+- ``cellssl benchmark MODEL_OR_RUN [...] --suite SUITE.yaml [--out DIR]``: every model on every benchmark of a
+  suite, one leaderboard (:mod:`cellssl.zoo.benchmark`).
 
 Building the parsers imports nothing heavy; torch is imported by the commands that read checkpoints.
 """
@@ -22,7 +24,7 @@ from cellssl.errors import ConfigError
 
 
 def add_zoo_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``models`` and ``weights`` to the ``cellssl`` subcommands."""
+    """Add ``models``, ``weights`` and ``benchmark`` to the ``cellssl`` subcommands."""
     models = sub.add_parser("models", help="released models by name: list, show, fetch their weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="every model card")
@@ -46,6 +48,16 @@ def add_zoo_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--license", help="licence written into the card and README")
     export.add_argument("--name", help="the model's name in the card")
 
+    bench = sub.add_parser("benchmark", help="evaluate models on every benchmark of a suite; one leaderboard")
+    bench.add_argument("models", nargs="+", metavar="MODEL_OR_RUN",
+                       help="a model card name, a run directory, a weights file, or random:<one of them>; "
+                            "LABEL=MODEL names its column")
+    bench.add_argument("--suite", required=True, help="suite YAML listing the benchmark configs "
+                                                      "(e.g. configs/benchmarks/cpu_suite.yaml)")
+    bench.add_argument("--out", help="output folder (default: runs/benchmark_<suite name>)")
+    bench.add_argument("--restart", action="store_true",
+                       help="start over in run directories holding the outputs of another config")
+
 
 def run_zoo_command(args: argparse.Namespace) -> int | None:
     """Run ``models`` / ``weights`` commands; ``None`` for any other command."""
@@ -53,6 +65,8 @@ def run_zoo_command(args: argparse.Namespace) -> int | None:
         return {"list": _list, "show": _show, "fetch": _fetch}[args.models_command](args)
     if args.command == "weights":
         return {"inspect": _inspect, "export": _export}[args.weights_command](args)
+    if args.command == "benchmark":
+        return _benchmark(args)
     return None
 
 
@@ -127,4 +141,12 @@ def _export(args: argparse.Namespace) -> int:
     for path in (result.weights, result.card, result.readme, result.stats):
         if path is not None:
             print(f"wrote {path}")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from cellssl.zoo.benchmark import describe, run_benchmark
+
+    outcome = run_benchmark(args.models, args.suite, args.out, restart=args.restart)
+    print(describe(outcome))
     return 0
