@@ -8,6 +8,7 @@ import functools
 import hashlib
 import http.server
 import json
+import logging
 import shutil
 import threading
 import zipfile
@@ -68,12 +69,17 @@ def test_run_writes_the_nine_column_table(run_dir: Path) -> None:
     values = [row[c] for c in COLUMNS]
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values)
     assert row["mean"] == pytest.approx(np.mean(values)) and row["tasks_in_mean"] == 9
-    assert result["metrics"]["knn_HPA_T3"] == row["HPA T3"]
+    wtc, hpa, cp = values[1], values[3:5], values[6:9]  # the out-of-distribution tasks of each subset
+    assert row["CHAMMI"] == pytest.approx((wtc + np.mean(hpa) + np.mean(cp)) / 3, abs=1e-12)
+    assert "CHAMMI_missing" not in row
+    assert result["metrics"]["knn_HPA_T3"] == row["HPA T3"] and result["metrics"]["knn_CHAMMI"] == row["CHAMMI"]
     csv = pd.read_csv(run_dir / "eval" / "chammi_table.csv")
-    assert list(csv.columns) == ["classifier", *COLUMNS, "mean"]
+    assert list(csv.columns) == ["classifier", *COLUMNS, "mean", "CHAMMI"]
+    assert csv.loc[0, "CHAMMI"] == pytest.approx(row["CHAMMI"], abs=1e-12)
     assert csv.loc[0, COLUMNS].tolist() == pytest.approx(values, abs=1e-12)
     markdown = (run_dir / "eval" / "chammi_table.md").read_text().splitlines()
-    assert markdown[0] == "| classifier | " + " | ".join(COLUMNS) + " | mean |"
+    assert markdown[0] == "| classifier | " + " | ".join(COLUMNS) + " | mean | CHAMMI |"
+    assert markdown[2].endswith(f" | {row['mean']:.4f} | {row['CHAMMI']:.4f} |")
     assert markdown[2].startswith(f"| knn | {values[0]:.4f} | {values[1]:.4f} |")
 
 
@@ -148,6 +154,23 @@ def test_eval_again_reuses_cached_embeddings_and_adds_linear(run_dir: Path, cham
     assert all(0.0 <= rows[1][c] <= 1.0 for c in COLUMNS)
 
 
+def test_without_the_cp_subset_the_chammi_score_is_none_and_says_why(run_dir: Path, chammi, weights: Path,
+                                                                     tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    copy = tmp_path / "wtc_hpa"
+    shutil.copytree(run_dir, copy)
+    with caplog.at_level(logging.WARNING, logger="cellssl_chammi.evaluator"):
+        assert main(["eval", str(CONFIG), f"data.root={chammi.root}", f"weights={weights}",
+                     f"run.output_dir={copy}", *TINY, "eval[0].subsets=[wtc,hpa]"]) == 0
+    result = json.loads((copy / "eval" / "chammi.json").read_text())
+    (row,) = result["table"]
+    assert row["CHAMMI"] is None and row["CHAMMI_missing"] == ["CP T2", "CP T3", "CP T4"]
+    assert row["tasks_in_mean"] == 5 and "knn_CHAMMI" not in result["metrics"]
+    assert "no CHAMMI score: it needs the out-of-distribution tasks CP T2, CP T3, CP T4" in caplog.text
+    full = json.loads((run_dir / "eval" / "chammi.json").read_text())["table"][0]
+    assert [row[c] for c in COLUMNS[:5]] == pytest.approx([full[c] for c in COLUMNS[:5]], abs=1e-12)
+
+
 def test_metadata_without_an_id_column_gives_the_same_table(run_dir: Path, chammi, weights: Path,
                                                             tmp_path: Path) -> None:
     """Rows are keyed by ``ID``, else ``Key`` (as some CP metadata names it), else ``file_path`` alone."""
@@ -172,7 +195,7 @@ def test_chammi_table_prints_runs_side_by_side(run_dir: Path, tmp_path: Path,
     shutil.copytree(run_dir / "eval", other / "eval")
     assert main(["chammi-table", str(run_dir), str(other), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "run,classifier," + ",".join(COLUMNS) + ",mean"
+    assert lines[0] == "run,classifier," + ",".join(COLUMNS) + ",mean,CHAMMI"
     assert [line.split(",")[0] for line in lines[1:]] == ["chammi_knn", "other_run"]
     assert lines[1].split(",")[2:] == lines[2].split(",")[2:]
     assert main(["chammi-table", str(run_dir), "--percent"]) == 0

@@ -111,9 +111,9 @@ def test_table_rows_and_rendering() -> None:
     assert row["WTC T2"] is None
     markdown = to_markdown([row])
     assert markdown.splitlines()[0] == ("| classifier | WTC T1 | WTC T2 | HPA T1 | HPA T2 | HPA T3 | CP T1 | CP T2 | "
-                                        "CP T3 | CP T4 | mean |")
-    assert markdown.splitlines()[2] == "| knn | 0.5000 | - | - | - | 0.2500 | - | - | - | 0.0000 | 0.2500 |"
+                                        "CP T3 | CP T4 | mean | CHAMMI |")
+    assert markdown.splitlines()[2] == "| knn | 0.5000 | - | - | - | 0.2500 | - | - | - | 0.0000 | 0.2500 | - |"
     assert to_markdown([row], percent=True).splitlines()[2].startswith("| knn | 50.00 | - |")
-    assert to_csv([row]).splitlines()[1] == "knn,0.5,,,,0.25,,,,0.0,0.25"
+    assert to_csv([row]).splitlines()[1] == "knn,0.5,,,,0.25,,,,0.0,0.25,"
     assert to_text([row]).splitlines()[1].split() == ["knn", "0.5000", "-", "-", "-", "0.2500", "-", "-", "-",
-                                                      "0.0000", "0.2500"]
+                                                      "0.0000", "0.2500", "-"]

@@ -9,7 +9,8 @@ For each subset of ``subsets`` it
 3. scores every task with every classifier (:mod:`cellssl_chammi.protocol`).
 
 The result JSON (``eval/chammi.json``, written by the runner) holds the table rows (one per classifier:
-``WTC T1`` ... ``CP T4`` and ``mean``; for ``sgd`` the mean over its seeds), flat metrics (``knn_HPA_T3`` ...,
+``WTC T1`` ... ``CP T4``, ``mean`` and the ``CHAMMI`` score of CHAMMI-75, see :mod:`cellssl_chammi.table`; for
+``sgd`` the mean over its seeds), flat metrics (``knn_HPA_T3``, ``knn_CHAMMI`` ...,
 ``sgd_HPA_T3_std``), per-task details (per seed for ``sgd``) and the subsets' sizes; ``eval/chammi_table.md``
 and ``eval/chammi_table.csv`` hold the same table.
 """
@@ -23,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellssl.errors import ConfigError
-from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
+from cellssl.api import ConfigError, EvalContext, Evaluator, to_jsonable
 from cellssl_chammi.config import ChammiEvaluatorConfig, ChammiSubsetConfig
 from cellssl_chammi.subsets import SUBSETS, task_label
 
 if TYPE_CHECKING:
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.api import EmbeddingTable
     from cellssl_chammi.dataset import ChammiDataset
     from cellssl_chammi.embedder import RunModel
 
@@ -137,9 +137,9 @@ class ChammiEvaluator(Evaluator):
         :raises cellssl.errors.CellsslError: for a missing / incomplete CHAMMI root, missing columns, or a
             run whose model cannot be rebuilt.
         """
-        from cellssl.atomic import atomic_write_text
+        from cellssl.api import atomic_write_text
         from cellssl_chammi.dataset import build_chammi_dataset
-        from cellssl_chammi.table import table_row, to_csv, to_markdown
+        from cellssl_chammi.table import SCORE_MISSING, table_row, to_csv, to_markdown
 
         cfg = self.config
         root = self._root(context)
@@ -157,9 +157,14 @@ class ChammiEvaluator(Evaluator):
             rows.append(table_row("classifier", name, columns))
             if stds is not None:
                 spreads[name] = stds
+        for row in rows:
+            if row.get(SCORE_MISSING):
+                logger.warning("chammi %s: no CHAMMI score: it needs the out-of-distribution tasks %s, which were "
+                               "not evaluated (add the missing subsets to `subsets`)", row["classifier"],
+                               ", ".join(row[SCORE_MISSING]))
         metrics = {f"{row['classifier']}_{column.replace(' ', '_')}": value
                    for row in rows for column, value in row.items()
-                   if column not in ("classifier", "tasks_in_mean") and value is not None}
+                   if column not in ("classifier", "tasks_in_mean", SCORE_MISSING) and value is not None}
         for name, stds in spreads.items():
             metrics.update({f"{name}_{column.replace(' ', '_')}_std": value for column, value in stds.items()})
         eval_dir = Path(context.run_dir) / "eval"

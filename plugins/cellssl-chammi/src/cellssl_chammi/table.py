@@ -1,8 +1,11 @@
-"""The benchmark table: nine task columns (WTC T1-T2, HPA T1-T3, CP T1-T4) plus their mean.
+"""The benchmark table: nine task columns (WTC T1-T2, HPA T1-T3, CP T1-T4), their mean, and the CHAMMI score.
 
-A row is a dict ``{"classifier": ..., "WTC T1": f1, ..., "CP T4": f1, "mean": m}``; a task that was not
-evaluated holds ``None`` and the mean is over the tasks present (``tasks_in_mean`` says how many). Values
-are macro F1 in ``[0, 1]``. Rendering: Markdown, CSV, or aligned text; :func:`load_run_rows` collects the
+A row is a dict ``{"classifier": ..., "WTC T1": f1, ..., "CP T4": f1, "mean": m, "CHAMMI": s}``; a task that
+was not evaluated holds ``None`` and the mean is over the tasks present (``tasks_in_mean`` says how many).
+The CHAMMI score is the single number CHAMMI-75 reports: the mean over WTC, HPA and CP of each subset's
+out-of-distribution tasks, ``WTC T2 / 3 + (HPA T2 + HPA T3) / 6 + (CP T2 + CP T3 + CP T4) / 9``; it is ``None``
+when one of those six tasks is missing (``CHAMMI_missing`` lists them). Values are macro F1 in ``[0, 1]``.
+Rendering: Markdown, CSV, or aligned text; :func:`load_run_rows` collects the
 rows of several run directories for ``cellssl chammi-table``.
 """
 
@@ -16,14 +19,33 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cellssl.errors import DataError
+from cellssl.api import DataError
 from cellssl_chammi.subsets import TABLE_COLUMNS
 
 MEAN = "mean"
+SCORE = "CHAMMI"
+SCORE_MISSING = "CHAMMI_missing"
+#: The out-of-distribution tasks of each subset, whose means the CHAMMI score averages.
+OOD_TASKS: dict[str, tuple[str, ...]] = {"WTC": ("WTC T2",), "HPA": ("HPA T2", "HPA T3"),
+                                         "CP": ("CP T2", "CP T3", "CP T4")}
+_NOT_LABELS = (MEAN, "tasks_in_mean", SCORE, SCORE_MISSING)
+
+
+def chammi_score(scores: Mapping[str, float | None]) -> tuple[float | None, list[str]]:
+    """The CHAMMI score of task columns ``scores`` (see the module docstring) and the OOD tasks it lacks.
+
+    :return: ``(score, [])``, or ``(None, missing columns)`` when any of the six OOD tasks is absent or ``None``.
+    """
+    missing = [c for tasks in OOD_TASKS.values() for c in tasks if scores.get(c) is None]
+    if missing:
+        return None, missing
+    means = [sum(float(scores[c]) for c in tasks) / len(tasks) for tasks in OOD_TASKS.values()]  # type: ignore[arg-type]
+    return sum(means) / len(means), []
 
 
 def table_row(label_key: str, label: str, scores: Mapping[str, float | None]) -> dict[str, Any]:
-    """One row: ``label`` under ``label_key``, the nine columns from ``scores`` (missing -> ``None``), mean."""
+    """One row: ``label`` under ``label_key``, the nine columns from ``scores`` (missing -> ``None``), mean, CHAMMI
+    score (and ``CHAMMI_missing`` naming the OOD tasks it lacks, when it is ``None``)."""
     row: dict[str, Any] = {label_key: label}
     values = []
     for column in TABLE_COLUMNS:
@@ -33,6 +55,9 @@ def table_row(label_key: str, label: str, scores: Mapping[str, float | None]) ->
             values.append(float(value))
     row[MEAN] = sum(values) / len(values) if values else None
     row["tasks_in_mean"] = len(values)
+    row[SCORE], missing = chammi_score(row)
+    if missing:
+        row[SCORE_MISSING] = missing
     return row
 
 
@@ -45,8 +70,8 @@ def _cell(value: Any, percent: bool, digits: int) -> str:
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    labels = [key for key in rows[0] if key not in TABLE_COLUMNS and key not in (MEAN, "tasks_in_mean")]
-    return [*labels, *TABLE_COLUMNS, MEAN]
+    labels = [key for key in rows[0] if key not in TABLE_COLUMNS and key not in _NOT_LABELS]
+    return [*labels, *TABLE_COLUMNS, MEAN, SCORE]
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], percent: bool = False, digits: int = 4) -> str:
@@ -117,5 +142,7 @@ def load_run_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
             data = json.loads(file.read_text(encoding="utf-8"))
             suffix = "" if file.stem == "chammi" else f" ({file.stem})"
             for row in data["table"]:
+                if SCORE not in row:  # a result written before the score was part of the table
+                    row[SCORE] = chammi_score(row)[0]
                 rows.append({"run": f"{path.name}{suffix}", **row})
     return rows
