@@ -7,6 +7,9 @@ its flat ``metrics`` (collapsed when a table is shown), other row lists it holds
 string ending in ``.png`` in the result) or whose name starts their path (``eval/umap_moa.png`` and
 ``eval/attention_maps/x.png`` go to ``umap`` and ``attention_maps``); the rest are listed at the end.
 Pictures are embedded by paths relative to the report file, so the report folder can be moved with its run.
+A run that trained (``metrics.jsonl``) gets a "Training" section after the header: its loss terms, collapse
+statistics and schedules drawn by :mod:`cellssl.report.curves` into ``training/`` beside the report, and a table
+of the first, last and smallest value of each curve; such a run needs no ``eval/`` results to be reported.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cellssl.atomic import atomic_write_text
+from cellssl.report.curves import read_training_log, training_summary, write_training_curves
 from cellssl.report.document import (
     Block,
     Details,
@@ -138,22 +142,44 @@ def result_blocks(result: RunResult, pictures: list[Path], report_dir: Path) -> 
     return blocks
 
 
-def build_report(run_dir: str | Path, report_dir: str | Path | None = None) -> list[Block]:
+def training_blocks(run_dir: Path, curves: list[Path], report_dir: Path) -> list[Block]:
+    """The "Training" section: steps logged, the summary table and the ``curves`` PNGs (``[]`` without a log)."""
+    records = read_training_log(run_dir)
+    if not records:
+        return []
+    steps = [int(r["step"]) for r in records]
+    blocks: list[Block] = [Heading("Training", 2),
+                           Paragraph(f"{len(records)} logged steps ({steps[0]} to {steps[-1]}) in metrics.jsonl.")]
+    summary = training_summary(records)
+    if summary:
+        blocks.append(Table(["curve", "first", "last", "min"], summary))
+    blocks.extend(Image(Path(os.path.relpath(p, report_dir)).as_posix(), p.name) for p in curves)
+    return blocks
+
+
+def build_report(run_dir: str | Path, report_dir: str | Path | None = None,
+                 curves: list[Path] | None = None) -> list[Block]:
     """The blocks of the report of ``run_dir`` (image paths relative to ``report_dir``, default ``run_dir``).
 
-    :raises cellssl.errors.DataError: when the run has no readable results (see :func:`load_results`).
+    :param curves: training-curve PNGs to show in the "Training" section (see :func:`write_report`).
+    :raises cellssl.errors.DataError: when the run has no readable results (see :func:`load_results`) and did not
+        train (no ``metrics.jsonl``).
     """
     run_dir = Path(run_dir)
     report_dir = Path(report_dir) if report_dir is not None else run_dir
-    results = load_results(run_dir)
-    pictures, others = assign_pictures(run_dir, results)
+    trained = bool(read_training_log(run_dir)) if run_dir.is_dir() else False
+    has_results = any((run_dir / "eval").glob("*.json"))
+    results = load_results(run_dir) if has_results or not trained else []
+    pictures, others = assign_pictures(run_dir, results) if results else ({}, [])
     blocks: list[Block] = [Heading(f"cellssl report: {run_dir.resolve().name}", 1),
                            Paragraph(f"Run directory: {run_dir}")]
     summary = _run_summary(run_dir)
     if summary:
         blocks.append(Table(["setting", "value"], [line.split(": ", 1) for line in summary]))
-    blocks.append(Table(["result", "evaluator", "split"],
-                        [[r.name, r.evaluator, split_sizes(r.data)] for r in results]))
+    blocks.extend(training_blocks(run_dir, list(curves or []), report_dir))
+    if results:
+        blocks.append(Table(["result", "evaluator", "split"],
+                            [[r.name, r.evaluator, split_sizes(r.data)] for r in results]))
     for result in results:
         blocks.extend(result_blocks(result, pictures.get(result.name, []), report_dir))
     if others:
@@ -163,14 +189,16 @@ def build_report(run_dir: str | Path, report_dir: str | Path | None = None) -> l
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into ``out_dir`` (default ``run_dir``), atomically.
+    """Write ``report.md`` and ``report.html`` into ``out_dir`` (default ``run_dir``), atomically; for a run that
+    trained, also its training curves as ``training/*.png`` under ``out_dir``.
 
     :return: the two paths.
-    :raises cellssl.errors.DataError: when the run has no readable results.
+    :raises cellssl.errors.DataError: when the run has no readable results and did not train.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
-    blocks = build_report(run_dir, out)
+    curves = write_training_curves(run_dir, out / "training") if run_dir.is_dir() else []
+    blocks = build_report(run_dir, out, curves)
     out.mkdir(parents=True, exist_ok=True)
     title = blocks[0].text if isinstance(blocks[0], Heading) else "cellssl report"
     markdown = atomic_write_text(out / "report.md", to_markdown(blocks))
