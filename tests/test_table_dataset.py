@@ -145,16 +145,18 @@ def test_corrupt_image_error_and_skip(shared_data: Path, tmp_path: Path, caplog:
     broken.write_bytes(b"II*\x00 truncated tiff")
     rows.loc[4, "path"] = str(broken)
     table = write_csv(rows, tmp_path / "crops.csv")
-    with pytest.raises(DataError, match=r"row 5 of .*crops\.csv .*could not decode TIFF file .*broken\.tif"):
+    with pytest.raises(DataError, match=r"resolve outside data\.root .*row 5 of .*crops\.csv"):
         build_table_dataset(config(table, shared_data, check_files="decode"))
+    with pytest.raises(DataError, match=r"row 5 of .*crops\.csv .*could not decode TIFF file .*broken\.tif"):
+        build_table_dataset(config(table, shared_data, check_files="decode", allow_outside_root=True))
     # with the default check the corrupt file is only found when it is read
-    lazy = build_table_dataset(config(table, shared_data))
+    lazy = build_table_dataset(config(table, shared_data, allow_outside_root=True))
     with pytest.raises(DataError, match=r"row 5 of .*could not decode TIFF file .*broken\.tif"):
         lazy[4]
 
     with caplog.at_level(logging.WARNING, logger="cellssl.data.table"):
         dataset = build_table_dataset(config(table, shared_data, check_files="decode", on_corrupt="skip",
-                                             label_columns=["moa"]))
+                                             label_columns=["moa"], allow_outside_root=True))
     assert len(dataset) == 11
     assert str(broken) not in {str(p) for i in range(len(dataset)) for p in dataset.files(i)}
     assert list(dataset.skipped["table_row"]) == [5]
@@ -207,7 +209,7 @@ def test_filters_that_match_nothing(shared_data: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"on_corrupt": "ignore"}, "on_corrupt must be one of"),
-    ({"on_corrupt": "skip"}, "on_corrupt='skip' needs check_files='decode'"),
+    ({"on_corrupt": "skip", "check_files": "none"}, "on_corrupt='skip' needs the files checked"),
     ({"check_files": "all"}, "check_files must be one of"),
     ({"split": "train"}, "needs split_column"),
     ({"limit": 0}, "limit must be a positive integer"),
@@ -275,7 +277,7 @@ def test_loading_stays_lazy(shared_data: Path, tmp_path: Path) -> None:
     local = tmp_path / "cell.tif"
     shutil.copy(shared_data / "bbbc021-crops" / rows.loc[0, "path"], local)
     rows.loc[0, "path"] = str(local)
-    dataset = build_table_dataset(config(write_csv(rows, tmp_path / "c.csv"), shared_data))
+    dataset = build_table_dataset(config(write_csv(rows, tmp_path / "c.csv"), shared_data, allow_outside_root=True))
     before = dataset.load_image(0)
     tifffile.imwrite(local, np.zeros((3, 68, 68), np.uint16), photometric="minisblack")
     assert float(before.sum()) > 0 and float(dataset.load_image(0).sum()) == 0.0
