@@ -78,7 +78,7 @@ def setup(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     suite_path = _write(suite, tmp / "suite.yaml")  # bbbc021.yaml is found beside the suite file
     out = tmp / "board"
     status = main(["benchmark", str(tmp / "trained"), f"random:{tmp / 'trained'}", "--suite", str(suite_path),
-                   "--out", str(out)])
+                   "--out", str(out), "--set", "embed.batch_size=7"])
     assert status == 0
     return {"tmp": tmp, "out": out, "suite": suite_path, "trained": tmp / "trained"}
 
@@ -132,6 +132,7 @@ def test_each_model_runs_with_its_own_architecture_and_weights(setup: dict) -> N
         assert config["backbone"] == {**TINY_VIT}  # the model's block replaced the benchmark's vit_small
         assert config["channels"] == {"name": "bag_of_channels", "aggregate": "concat"}
         assert config["embed"]["img_size"] == 32 and config["run"]["stages"] == ["embed", "eval"]
+        assert config["embed"]["batch_size"] == 7  # --set applies to every benchmark
         table = read_embeddings(run / "embeddings")
         assert table.embeddings.shape == (20, 3 * 32)  # 20 crops, 3 channels folded, per-channel CLS concatenated
     assert yaml.safe_load((out / "bbbc021" / "trained" / "config.yaml").read_text())["weights"] == str(
@@ -142,11 +143,12 @@ def test_each_model_runs_with_its_own_architecture_and_weights(setup: dict) -> N
     assert a.shape == b.shape == (24, 96) and not (a == b).all()
 
 
-def test_a_rerun_into_the_same_folder_is_accepted_and_gives_the_same_leaderboard(setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rerun_into_the_same_folder_gives_the_same_leaderboard(setup: dict,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     manifest = setup["out"] / "jurkat" / "trained" / "embeddings" / "manifest.json"
     before = json.loads((setup["out"] / "leaderboard.json").read_text())
     assert main(["benchmark", str(setup["trained"]), f"random:{setup['trained']}", "--suite", str(setup["suite"]),
-                 "--out", str(setup["out"])]) == 0
+                 "--out", str(setup["out"]), "--set", "embed.batch_size=7"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {setup['out'] / 'leaderboard.md'}" in printed
     assert "skipped chammi (" in printed and "does not exist" in printed

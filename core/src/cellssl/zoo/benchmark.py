@@ -13,6 +13,8 @@ A *model* is given as
   benchmark's ``run.seed``), the usual baseline.
 
 ``LABEL=MODEL`` names the model's column (default: the card name, the run directory's name, the file's stem).
+``--set KEY=VALUE`` overrides apply to every benchmark, after the suite's own (e.g. ``embed.precision=fp32`` on a
+CPU without bf16 instructions).
 
 A *suite* YAML lists the benchmarks, each a run config of ``configs/eval/`` with ``key=value`` overrides::
 
@@ -261,14 +263,15 @@ def resolve_model(given: str) -> ModelSource:
     return ModelSource(label, given, ("random " if random else "") + kind, sections, weights, card_name, use_channels)
 
 
-def benchmark_config(entry: SuiteEntry, model: ModelSource, out: Path) -> DictConfig:
-    """The run config of ``model`` on ``entry``: the benchmark's config, its overrides, then the model's sections.
+def benchmark_config(entry: SuiteEntry, model: ModelSource, out: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The run config of ``model`` on ``entry``: the benchmark's config, its overrides and ``overrides``, then the
+    model's sections.
 
     :raises ConfigError: for a benchmark config that trains (``objective:``), or an ``evaluators`` name it lacks.
     """
     from cellssl.config.compose import load_run_config
 
-    config = load_run_config(entry.config, entry.overrides)
+    config = load_run_config(entry.config, [*entry.overrides, *overrides])
     if config.get("objective") is not None or config.get("finetune") is not None:
         raise ConfigError(f"{entry.name}.config", f"{entry.config} trains a model (objective: / finetune:); a "
                                                   "benchmark runs eval configs (configs/eval/)")
@@ -337,7 +340,8 @@ def absence_reason(entry: SuiteEntry) -> str | None:
     return None
 
 
-def plan_benchmarks(suite: Suite, models: Sequence[ModelSource], out: Path, *, restart: bool = False
+def plan_benchmarks(suite: Suite, models: Sequence[ModelSource], out: Path, *, restart: bool = False,
+                    overrides: Sequence[str] = ()
                     ) -> tuple[list[tuple[SuiteEntry, ModelSource, Any]], list[dict[str, str]]]:
     """Validate every (benchmark, model) plan and its run directory before anything runs.
 
@@ -357,7 +361,7 @@ def plan_benchmarks(suite: Suite, models: Sequence[ModelSource], out: Path, *, r
         try:
             if reason is None:
                 for model in models:
-                    plan = check_plan(build_plan(benchmark_config(entry, model, out)))
+                    plan = check_plan(build_plan(benchmark_config(entry, model, out, overrides)))
                     prepare_run_dir(plan, restart=restart, write=False)
                     pending.append((entry, model, plan))
         except DataError as exc:
@@ -378,12 +382,13 @@ def plan_benchmarks(suite: Suite, models: Sequence[ModelSource], out: Path, *, r
 
 
 def run_benchmark(models: Sequence[str], suite: str | Path, out: str | Path | None = None, *,
-                  restart: bool = False) -> BenchmarkOutcome:
+                  restart: bool = False, overrides: Sequence[str] = ()) -> BenchmarkOutcome:
     """Evaluate every model on every benchmark of ``suite`` and write the leaderboard into ``out``.
 
     :param models: model arguments (see the module docstring); labels must be unique.
     :param out: output folder (default ``runs/benchmark_<suite name>``).
     :param restart: start over in run directories holding another config's outputs.
+    :param overrides: ``key=value`` overrides applied to every benchmark config (after the suite's).
     :return: the leaderboard files, the run directory of each (benchmark, model), and the skipped benchmarks.
     :raises ConfigError: for no model, two models with one label, or a benchmark that ran for no model.
     """
@@ -399,7 +404,7 @@ def run_benchmark(models: Sequence[str], suite: str | Path, out: str | Path | No
     if twice:
         raise ConfigError("MODEL_OR_RUN", f"two models get the column label {twice}: name them with LABEL=MODEL")
     out_dir = Path(out) if out is not None else Path("runs") / f"benchmark_{_label(loaded.name)}"
-    planned, skipped = plan_benchmarks(loaded, sources, out_dir, restart=restart)
+    planned, skipped = plan_benchmarks(loaded, sources, out_dir, restart=restart, overrides=overrides)
     outcome = BenchmarkOutcome({}, skipped=skipped)
     for entry, model, plan in planned:
         logger.info("benchmark %s, model %s -> %s", entry.name, model.label, plan.run_dir)

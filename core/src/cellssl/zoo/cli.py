@@ -55,6 +55,8 @@ def add_zoo_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--suite", required=True, help="suite YAML listing the benchmark configs "
                                                       "(e.g. configs/benchmarks/cpu_suite.yaml)")
     bench.add_argument("--out", help="output folder (default: runs/benchmark_<suite name>)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override applied to every benchmark config, e.g. embed.precision=fp32 (repeatable)")
     bench.add_argument("--restart", action="store_true",
                        help="start over in run directories holding the outputs of another config")
 
@@ -147,6 +149,6 @@ def _export(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     from cellssl.zoo.benchmark import describe, run_benchmark
 
-    outcome = run_benchmark(args.models, args.suite, args.out, restart=args.restart)
+    outcome = run_benchmark(args.models, args.suite, args.out, restart=args.restart, overrides=args.overrides)
     print(describe(outcome))
     return 0
