@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def chammi_table_command() -> Any:
     """The :class:`~cellssl.plugins.registry.CliCommand` ``chammi-table``."""
-    from cellssl.plugins.registry import CliCommand
+    from cellssl.api import CliCommand
 
     return CliCommand(name="chammi-table", help="print the CHAMMI tables (macro F1 per task) of runs side by side",
                       add_arguments=_add_arguments, run=_run)

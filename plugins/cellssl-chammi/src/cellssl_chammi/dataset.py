@@ -21,12 +21,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellssl.data.bitdepth import scale_to_unit
-from cellssl.data.download import check_data_root
-from cellssl.data.readers import read_image, split_tape
-from cellssl.data.table import TableDataset, TableDatasetConfig, read_table
-from cellssl.data.vocabulary import canonical_channel_name
-from cellssl.errors import DataError
+from cellssl.api import (
+    DataError,
+    TableDataset,
+    TableDatasetConfig,
+    canonical_channel_name,
+    check_data_root,
+    read_image,
+    read_table,
+    scale_to_unit,
+    split_tape,
+)
 from cellssl_chammi.config import ChammiSubsetConfig
 from cellssl_chammi.subsets import (
     LABEL_COLUMN,

@@ -10,7 +10,7 @@ md5/sha listed on the record page, and a trusted sha256 can be passed (``sha256=
 
 from __future__ import annotations
 
-from cellssl.data.download import DownloadFile, DownloadSpec
+from cellssl.api import DownloadFile, DownloadSpec
 from cellssl_chammi.config import ZENODO_RECORD, ChammiDownloadConfig
 
 NOTE = (

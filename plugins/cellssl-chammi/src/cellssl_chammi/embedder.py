@@ -26,14 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cellssl.errors import ConfigError
+from cellssl.api import ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
     from torch import nn
 
-    from cellssl.data.dataset import CellDataset
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.api import CellDataset, EmbeddingTable
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +151,8 @@ class RunModel:
 
     def embed_dataset(self, dataset: CellDataset, out_dir: Path, reuse: bool = True) -> EmbeddingTable:
         """Embed ``dataset`` into ``out_dir`` (or reuse what is there) and read the table back."""
+        from cellssl.api import read_embeddings
         from cellssl.data.preprocess import EvalPreprocess
-        from cellssl.eval.embeddings import read_embeddings
         from cellssl.eval.export import export_embeddings
         from cellssl_chammi.dataset import same_rows
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cellssl.plugins import hookimpl
+from cellssl.api import hookimpl
 from cellssl_chammi.config import (
     ChammiDatasetConfig,
     ChammiDownloadConfig,
@@ -18,7 +18,7 @@ from cellssl_chammi.config import (
 from cellssl_chammi.subsets import SUBSETS
 
 if TYPE_CHECKING:
-    from cellssl.plugins.registry import CliCommand, Registrar
+    from cellssl.api import CliCommand, Registrar
 
 
 def _subset_factory(key: str) -> Any:

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellssl.data.labels import parse_flags
-from cellssl.errors import DataError
+from cellssl.api import DataError, parse_flags
 from cellssl_chammi.subsets import LABEL_COLUMN, SPLIT_COLUMN, TRAIN, Subset
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ def _leave_one_group_out(
 
 def one_nn(metric: str = "l2", num_threads: int | None = None) -> Classifier:
     """The benchmark's 1-nearest-neighbour classifier (exact faiss search, ``l2`` or ``cosine``)."""
-    from cellssl.eval.knn import knn_classify
+    from cellssl.api import knn_classify
 
     def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int) -> np.ndarray:
         prediction = knn_classify(train_x, train_y, test_x, ks=[1], metric=metric, voting="majority",
@@ -218,7 +217,7 @@ def linear_probe(settings: Any, device: str = "cpu") -> Classifier:
     """
 
     def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int) -> np.ndarray:
-        from cellssl.eval.linear import DEFAULT_LEARNING_RATES, DEFAULT_WEIGHT_DECAYS, fit_linear_probe
+        from cellssl.api import DEFAULT_LEARNING_RATES, DEFAULT_WEIGHT_DECAYS, fit_linear_probe
 
         probe = fit_linear_probe(
             train_x, train_y, multilabel=False, val_fraction=settings.val_fraction,

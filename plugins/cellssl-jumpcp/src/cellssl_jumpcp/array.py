@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cellssl.errors import CellsslError, ConfigError, DataError
+from cellssl.api import CellsslError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def embed_plate(config: DictConfig, digest: str, intensity: bool, *, restart: bo
     :return: the plate's run directory.
     :raises CellsslError: from the run (invalid data, unreadable images) or when the written set does not verify.
     """
-    from cellssl.atomic import atomic_write_json
+    from cellssl.api import atomic_write_json
     from cellssl.eval.manifest import verify_manifests
     from cellssl.pipeline import execute, expected_embedding
     from cellssl.plan.checks import plan_dataset
@@ -349,7 +349,7 @@ def submit_array(array: PlateArray, *, restart: bool = False, parallel: int | No
     :param parallel: at most this many tasks at once (SLURM ``--array=...%N``).
     :return: the submitit jobs (``[]`` when every plate is done).
     """
-    from cellssl.atomic import atomic_write_json
+    from cellssl.api import atomic_write_json
     from cellssl.launch.slurm import make_executor
 
     array.run_dir.mkdir(parents=True, exist_ok=True)

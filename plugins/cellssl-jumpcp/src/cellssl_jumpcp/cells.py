@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellssl.data.dataset import CellDataset
-from cellssl.errors import DataError
+from cellssl.api import CellDataset, DataError
 from cellssl_jumpcp.config import JumpCellsConfig
 from cellssl_jumpcp.loaddata import find_tables, read_text_table
 from cellssl_jumpcp.metadata import canonical_wells

@@ -38,7 +38,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _run_array(args: argparse.Namespace) -> int:
-    from cellssl.errors import ConfigError
+    from cellssl.api import ConfigError
     from cellssl_jumpcp.array import prepare_array, submit_array, wait_array
     from cellssl_jumpcp.merge import merge_array
 
@@ -78,7 +78,7 @@ def _print_result(result: dict[str, Any], run_dir: Any) -> None:
 
 def jump_commands() -> list[Any]:
     """The :class:`~cellssl.plugins.registry.CliCommand` objects ``jump array`` and ``jump merge``."""
-    from cellssl.plugins.registry import CliCommand
+    from cellssl.api import CliCommand
 
     return [
         CliCommand(name="array", group="jump", add_arguments=_add_array_arguments, run=_run_array,

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellssl.errors import ConfigError, DataError
-from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
+from cellssl.api import ConfigError, DataError, EvalContext, Evaluator, to_jsonable
 from cellssl_jumpcp.config import JumpMapConfig
 from cellssl_jumpcp.mapping import phenotypic_activity, phenotypic_consistency
 from cellssl_jumpcp.profiles import (
@@ -39,7 +38,7 @@ from cellssl_jumpcp.profiles import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.api import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellssl.errors import DataError
+from cellssl.api import DataError
 from cellssl_jumpcp.config import BRIGHTFIELD_CHANNELS, JUMP_CHANNELS
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellssl.errors import DataError
-from cellssl.eval.average_precision import average_precisions, group_map_pvalues
+from cellssl.api import DataError, average_precisions, group_map_pvalues
 
 
 @dataclass

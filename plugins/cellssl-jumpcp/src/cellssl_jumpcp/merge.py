@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cellssl.errors import ConfigError, DataError
+from cellssl.api import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def merge_array(config: DictConfig, plates: Sequence[str] | None = None) -> dict
     :raises ConfigError: when ``eval`` has no ``jump_map`` entry.
     :raises DataError: naming the plates that are not done (and why), or from the evaluator.
     """
-    from cellssl.atomic import atomic_write_json, atomic_write_text
+    from cellssl.api import atomic_write_json, atomic_write_text
     from cellssl.plan.build import build_plan
     from cellssl_jumpcp.array import (
         ARRAY_FILE,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellssl.errors import DataError
+from cellssl.api import DataError
 from cellssl_jumpcp.config import JumpMetadataConfig
 from cellssl_jumpcp.loaddata import read_text_table
 from cellssl_jumpcp.wells import canonical_well

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellssl.errors import DataError
+from cellssl.api import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class NucleiCache:
 
         :raises DataError: naming the folder when it cannot be written.
         """
-        from cellssl.atomic import atomic_open
+        from cellssl.api import atomic_open
 
         for plate in sorted(self._dirty):
             rows = []

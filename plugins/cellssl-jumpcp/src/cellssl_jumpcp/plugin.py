@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cellssl.plugins import hookimpl
+from cellssl.api import hookimpl
 from cellssl_jumpcp.config import JumpCellsConfig, JumpMapConfig, JumpSitesConfig
 
 if TYPE_CHECKING:
-    from cellssl.plugins.registry import CliCommand, Registrar
+    from cellssl.api import CliCommand, Registrar
 
 
 def build_sites(config: JumpSitesConfig) -> Any:

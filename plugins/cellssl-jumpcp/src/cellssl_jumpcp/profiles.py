@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellssl.errors import DataError
-from cellssl.eval.profiles import aggregate_profiles, normalize_profiles, require_columns
+from cellssl.api import DataError, aggregate_profiles, normalize_profiles, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def iter_plates(folders: Path | Sequence[Path], plate_column: str, stats: dict[s
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from cellssl.eval.embeddings import EMBEDDING_COLUMN
+    from cellssl.api import EMBEDDING_COLUMN
 
     shards = shard_files(folders)
     holders: dict[str, list[Path]] = {}
@@ -140,7 +139,7 @@ def normalize_wells(profiles: np.ndarray, metadata: pd.DataFrame, method: str, c
 
 def write_profiles(path: Path, profiles: np.ndarray, metadata: pd.DataFrame) -> Path:
     """Write ``metadata`` + one float32 column per feature to the Parquet file ``path`` (atomically)."""
-    from cellssl.atomic import atomic_open
+    from cellssl.api import atomic_open
 
     frame = pd.concat([metadata.reset_index(drop=True),
                        pd.DataFrame(profiles.astype(np.float32), columns=feature_names(profiles.shape[1]))], axis=1)

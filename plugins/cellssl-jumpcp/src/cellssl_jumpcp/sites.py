@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellssl.data.dataset import CellDataset
-from cellssl.errors import DataError
+from cellssl.api import CellDataset, DataError
 from cellssl_jumpcp.config import JumpSitesConfig
 from cellssl_jumpcp.source import JumpSource
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellssl.data.bitdepth import parse_bit_depth, scale_to_unit
-from cellssl.errors import DataError
+from cellssl.api import DataError, parse_bit_depth, scale_to_unit
 from cellssl_jumpcp.config import JumpSitesConfig
 from cellssl_jumpcp.loaddata import (
     channel_name,
