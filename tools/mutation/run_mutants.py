@@ -154,14 +154,12 @@ def collect(target: Target, ws: Path, finished: bool, seconds: float) -> dict[st
     meta_path = ws / "mutants" / "src" / "cellssl" / f"{target.module}.meta"
     exit_codes = json.loads(meta_path.read_text())["exit_code_by_key"] if meta_path.is_file() else {}
     statuses = {name: status_by_exit_code[code] for name, code in sorted(exit_codes.items())}
-    mutmut = Path(sys.executable).with_name("mutmut")
-    survivors = {}
-    for name, status in statuses.items():
-        if status != "survived":
-            continue
-        shown = subprocess.run([str(mutmut), "show", name], cwd=ws, capture_output=True, text=True, timeout=120)
-        survivors[name] = [line for line in shown.stdout.splitlines() if line.startswith(("-", "+"))
-                           and not line.startswith(("---", "+++"))]
+    names = [name for name, status in statuses.items() if status == "survived"]
+    survivors: dict[str, list[str]] = {}
+    if names:  # one process for every diff (``mutmut show`` per mutant takes seconds each)
+        shown = subprocess.run([sys.executable, str(HERE / "mutant_diffs.py")], cwd=ws, input=json.dumps(names),
+                               capture_output=True, text=True, timeout=600, check=True)
+        survivors = json.loads(shown.stdout)
     return {"module": target.module, "tests": target.tests, "budget_s": target.budget, "seconds": round(seconds),
             "finished": finished, "counts": dict(Counter(statuses.values())), "statuses": statuses,
             "survivors": survivors, "date": time.strftime("%Y-%m-%d")}

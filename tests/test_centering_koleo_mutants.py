@@ -1,0 +1,73 @@
+"""Edges of the teacher centring and the KoLeo regulariser that mutation testing found unpinned."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cellssl.objectives.centering import EMACentering, _check_logits, sinkhorn_knopp
+from cellssl.objectives.koleo import KoLeoLoss
+
+
+def test_centering_arguments_and_defaults() -> None:
+    with pytest.raises(ValueError, match=r"^out_dim must be >= 1, got 0$"):
+        EMACentering(0)
+    for momentum in (-0.01, 1.01):
+        with pytest.raises(ValueError, match=rf"^centre momentum must be in \[0, 1\], got {momentum}$"):
+            EMACentering(2, momentum=momentum)
+    one = EMACentering(1)
+    assert one.center.shape == (1, 1) and one.center.dtype == torch.float32
+    assert torch.equal(one.center, torch.zeros(1, 1))
+    assert repr(EMACentering(3)) == "EMACentering(out_dim=3, momentum=0.9)"
+    default = EMACentering(2)
+    default.update(torch.tensor([[4.0, -2.0], [2.0, 0.0]]))  # batch mean (3, -1); c = 0.9 * 0 + 0.1 * mean
+    torch.testing.assert_close(default.center, torch.tensor([[0.3, -0.1]]))
+    frozen, follow = EMACentering(2, momentum=1.0), EMACentering(2, momentum=0.0)
+    frozen.update(torch.ones(3, 2))
+    follow.update(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+    assert torch.equal(frozen.center, torch.zeros(1, 2)) and torch.equal(follow.center, torch.tensor([[2.0, 5.0]]))
+
+
+def test_teacher_logit_checks() -> None:
+    with pytest.raises(ValueError, match=r"^teacher logits must be \(B, K\), got shape \(2, 3, 4\)$"):
+        _check_logits(torch.zeros(2, 3, 4), 0.1)
+    for temp in (0.0, -1.0):
+        with pytest.raises(ValueError, match=rf"^temperature must be > 0, got {temp}$"):
+            _check_logits(torch.zeros(2, 3), temp)
+    _check_logits(torch.zeros(2, 3), 1e-6)
+    with pytest.raises(ValueError, match=r"^temperature must be > 0"):
+        EMACentering(3).softmax_centered(torch.zeros(2, 3), 0.0)
+    with pytest.raises(ValueError, match=r"^teacher logits must be \(B, K\)"):
+        sinkhorn_knopp(torch.zeros(3), 0.1)
+
+
+def test_koleo_default_eps_and_its_bound() -> None:
+    duplicates = torch.tensor([[2.0, 0.0], [1.0, 0.0]])  # the same direction: distance 0, loss -log(eps)
+    assert KoLeoLoss()(duplicates).item() == pytest.approx(-math.log(1e-8), rel=1e-6)
+    for eps in (0.0, -1e-3):
+        with pytest.raises(ValueError, match=rf"^eps must be > 0, got {eps}$"):
+            KoLeoLoss(eps=eps)
+    assert KoLeoLoss(eps=1e-30).eps == 1e-30
+    assert repr(KoLeoLoss()) == "KoLeoLoss(eps=1e-08)"
+    with pytest.raises(ValueError, match=r"^KoLeo needs a \(B, D\) batch with B >= 2, got shape \(4,\)$"):
+        KoLeoLoss()(torch.randn(4))
+
+
+def test_koleo_is_scale_free_and_uses_euclidean_distance_on_the_sphere() -> None:
+    x = np.array([[0.3, 0.1, 0.0], [0.05, 0.2, 0.1], [0.0, 0.02, 0.01], [-0.1, 0.0, 0.05]])  # norms below 1
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = np.linalg.norm(xn[:, None] - xn[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    expected = -np.log(d.min(axis=1)).mean()
+    small = KoLeoLoss()(torch.tensor(x, dtype=torch.float32))
+    large = KoLeoLoss()(torch.tensor(x * 1000, dtype=torch.float32))
+    assert small.item() == pytest.approx(expected, rel=1e-5) and large.item() == pytest.approx(expected, rel=1e-5)
+    assert small.dtype == torch.float32
+
+
+def test_koleo_of_two_orthogonal_vectors() -> None:
+    loss = KoLeoLoss()(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+    assert loss.item() == pytest.approx(-math.log(math.sqrt(2.0)), rel=1e-6)
