@@ -192,3 +192,17 @@ def test_a_required_benchmark_that_does_not_validate_fails_before_any_run(setup:
     err = capsys.readouterr().err
     assert "benchmark 'typo'" in err and "model 'trained'" in err and "'eval[0].label_column'" in err
     assert not (tmp_path / "out").exists()  # the valid first benchmark did not run either
+
+
+def test_the_cpu_suite_lists_the_three_configs_and_says_why_the_large_benchmarks_are_skipped() -> None:
+    from cellssl.zoo.benchmark import absence_reason
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "cpu_suite.yaml")
+    assert [(e.name, e.config.name, e.optional) for e in suite.entries] == [
+        ("jurkat", "jurkat_bag_of_channels.yaml", False), ("bccd", "bccd_cv.yaml", False),
+        ("bbbc021", "bbbc021_moa.yaml", False), ("chammi", "chammi_knn.yaml", True),
+        ("hpa_fov", "hpa_fov_knn.yaml", True), ("jump", "jump_profiles.yaml", True)]
+    reasons = {e.name: absence_reason(e) for e in suite.entries if e.optional}
+    if not Path("data/CHAMMI").exists():
+        assert reasons["chammi"] == "data.root 'data/CHAMMI' does not exist"
+    assert reasons["jump"] == "data.root is not set (add `data.root=PATH` to the benchmark's overrides)"

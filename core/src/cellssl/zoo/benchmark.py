@@ -332,7 +332,7 @@ def absence_reason(entry: SuiteEntry) -> str | None:
         reason = _registered("evaluator", block.get("name"))
         if reason:
             return reason
-    if data is not None and "root" in data:
+    if data is not None and (OmegaConf.is_missing(data, "root") or "root" in data):
         if OmegaConf.is_missing(data, "root") or not data.root:
             return "data.root is not set (add `data.root=PATH` to the benchmark's overrides)"
         if not Path(str(data.root)).expanduser().exists():
