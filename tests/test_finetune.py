@@ -122,3 +122,19 @@ def test_finetune_config_errors_name_the_key(runs: SimpleNamespace) -> None:
         from cellssl.finetune.data import finetune_rows
 
         finetune_rows(plan.finetune, pd.read_csv(config["data"]["table"]), ["phase"], None)
+
+
+def test_a_missing_label_column_is_refused_by_the_plan_before_anything_runs(runs: SimpleNamespace) -> None:
+    config = _config(runs, 2, "nolabel", label_column="cell_phase")
+    with pytest.raises(ConfigError, match=r"config key 'finetune.label_column': names column 'cell_phase', which the "
+                                          r"dataset table does not have\. Columns: .*phase"):
+        execute(load_run_config(runs.write(config, "nolabel.yaml"), []))
+    assert not (runs.tmp / "nolabel").exists()
+    config = _config(runs, 2, "nolabels", label_columns=["phase", "G9"])
+    with pytest.raises(ConfigError, match=r"config key 'finetune.label_columns\[1\]': names column 'G9'"):
+        execute(load_run_config(runs.write(config, "nolabels.yaml"), []))
+    assert not (runs.tmp / "nolabels").exists()
+    # the section is checked only when its stage runs
+    config = _config(runs, 2, "embedonly", label_column="cell_phase")
+    config["run"]["stages"] = ["embed"]
+    check_plan(build_plan(load_run_config(runs.write(config, "embedonly.yaml"), [])))

@@ -3,9 +3,10 @@
 :func:`check_plan` runs after :func:`~cellssl.plan.build.build_plan` and before any stage starts or
 anything is written. It builds the datasets (reading their tables; the datasets check their files as
 configured), the channel strategy and, when ``weights:`` is set, the backbone with those weights, and checks
-that the pieces fit: the strategy takes the data's channels, every evaluator's columns exist in the dataset
-table, a ``normalize.stats_path`` is readable, the checkpoint loads with ``weights_only=True`` and fits the
-backbone's shapes. What it builds is kept in ``plan.cache`` for the stages.
+that the pieces fit: the strategy takes the data's channels, every evaluator's (and, when the finetune stage
+runs, the ``finetune:`` section's) columns exist in the dataset table, a ``normalize.stats_path`` is readable,
+the checkpoint loads with ``weights_only=True`` and fits the backbone's shapes. What it builds is kept in
+``plan.cache`` for the stages.
 """
 
 from __future__ import annotations
@@ -57,17 +58,25 @@ def evaluator_columns(config: Any) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_config_columns(key: str, config: Any, dataset: CellDataset) -> None:
+    """Every column the section ``config`` (at config key ``key``) names exists in ``dataset.metadata``.
+
+    :raises ConfigError: naming ``<key>.<field>``, the missing column and the columns available.
+    """
+    available = [str(c) for c in dataset.metadata.columns]
+    for field_name, column in evaluator_columns(config):
+        if column not in available:
+            shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
+            raise ConfigError(f"{key}.{field_name}",
+                              f"names column '{column}', which the dataset table does not have. Columns: {shown}.")
+
+
 def check_evaluator_columns(evaluator: Component, dataset: CellDataset) -> None:
     """Every column ``evaluator`` names exists in ``dataset.metadata``.
 
     :raises ConfigError: naming ``eval[i].<field>``, the missing column and the columns available.
     """
-    available = [str(c) for c in dataset.metadata.columns]
-    for field_name, column in evaluator_columns(evaluator.config):
-        if column not in available:
-            shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
-            raise ConfigError(f"{evaluator.key}.{field_name}",
-                              f"names column '{column}', which the dataset table does not have. Columns: {shown}.")
+    check_config_columns(evaluator.key, evaluator.config, dataset)
 
 
 def _check_strategy(plan: RunPlan, strategy: Any, datasets: list[tuple[str, CellDataset]]) -> None:
@@ -121,6 +130,8 @@ def check_plan(plan: RunPlan) -> RunPlan:
         main = datasets[0][1]
         for evaluator in plan.evaluators:
             check_evaluator_columns(evaluator, main)
+        if plan.finetune is not None and "finetune" in plan.stages:
+            check_config_columns("finetune", plan.finetune, main)
     if plan.normalize.mode == "dataset" and plan.normalize.stats_path:
         from cellssl.data.normalize import ChannelStats
 
