@@ -153,6 +153,11 @@ def test_non_finite_pixel_names_sample_channel_and_metadata(jurkat_images: list[
     long = {"path": "x" * 300}
     with pytest.raises(DataError, match=r"\(metadata path=x{195}\.\.\.\)"):
         compute_channel_stats(Samples([(broken, ("a", "b", "c"), long)]), progress=False)
+    # the metadata text is cut (and marked) from 200 characters on: "path=" + 195 is 200, + 194 is 199
+    with pytest.raises(DataError, match=r"\(metadata path=x{195}\.\.\.\)"):
+        compute_channel_stats(Samples([(broken, ("a", "b", "c"), {"path": "x" * 195})]), progress=False)
+    with pytest.raises(DataError, match=r"\(metadata path=x{194}\)"):
+        compute_channel_stats(Samples([(broken, ("a", "b", "c"), {"path": "x" * 194})]), progress=False)
 
 
 def test_overflowing_stats_are_refused() -> None:
