@@ -64,7 +64,7 @@ def test_help_lists_the_commands() -> None:
 
 def test_kind_headings_are_humanised(capsys: pytest.CaptureFixture[str]) -> None:
     assert [kind_title(k) for k in COMPONENT_KINDS] == [
-        "datasets", "channel strategies", "backbones", "objectives", "evaluators", "downloads", "models"]
+        "datasets", "channel strategies", "backbones", "objectives", "evaluators", "downloads", "models", "launchers"]
     from cellssl.cli import main
 
     main(["plugins"])

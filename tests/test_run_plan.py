@@ -13,7 +13,7 @@ import yaml
 
 from cellssl.cli import main
 from cellssl.config.compose import load_run_config
-from cellssl.errors import CheckpointError, ConfigError, DataError
+from cellssl.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from cellssl.pipeline import execute
 from cellssl.plan import build_plan
 from cellssl.plan.checks import check_plan
@@ -48,7 +48,7 @@ def test_every_section_is_validated_with_its_key_path(runs: SimpleNamespace) -> 
         "train": ({"train": {"lr": "fast"}}, r"config key 'train\.lr': wrong type"),
         "embed": ({"embed": {"precision": "fp16"}}, r"config key 'embed': precision must be one of"),
         "normalize": ({"normalize": {"mode": "zscore"}}, r"config key 'normalize': normalize\.mode must be one of"),
-        "launcher": ({"launcher": {"name": "kubernetes"}}, r"config key 'launcher\.name': unknown launcher"),
+        "launcher_key": ({"launcher": {"name": "local", "nodes": 2}}, r"config key 'launcher\.nodes': unknown key"),
         "extra": ({"train": {"extra_datasets": [{"data": {"name": "table", "tabel": "x.csv"}}]}},
                   r"config key 'train\.extra_datasets\[0\]\.data\.tabel': unknown key"),
         "use_channels": ({"data": {**runs.config()["data"], "use_channels": "dna"}}, None),
@@ -56,6 +56,8 @@ def test_every_section_is_validated_with_its_key_path(runs: SimpleNamespace) -> 
                                                               r"exist"),
         "weights_key": ({"weights": {"file": "x.pt"}}, r"config key 'weights\.file': unknown key"),
     }
+    with pytest.raises(UnknownNameError, match=r"config key 'launcher\.name': unknown launcher 'kubernetes'"):
+        _plan(runs, launcher={"name": "kubernetes"})
     for name, (sections, message) in cases.items():
         if message is None:
             assert _plan(runs, **sections).data.use_channels == ("dna",), name

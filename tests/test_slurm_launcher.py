@@ -48,11 +48,11 @@ def test_slurm_local_job_requeues_and_resumes(tmp_path: Path) -> None:
     assert run_dir == tmp_path / f"run_{job.job_id}"  # %j is the job id
     last = run_dir / "checkpoints" / "last.pt"
     try:
-        _wait_for(lambda: last.is_file() or job.done(), 60, "the first checkpoint")
+        _wait_for(lambda: last.is_file() or job.done(), 240, "the first checkpoint")  # generous: a loaded CPU
         assert not job.done(), "the job ended before its first checkpoint"
         preempted = preempt_local_job(job)
         assert len(preempted) == 1
-        _wait_for(lambda: job.done(), 90, "the job to end")
+        _wait_for(lambda: job.done(), 300, "the job to end")
     finally:
         if not job.done():
             job.cancel()

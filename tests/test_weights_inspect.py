@@ -63,7 +63,8 @@ LAYOUTS = {
     # name: (ViT overrides, in_chans, wrap(state) -> saved object, expected layout phrase, expected prefix)
     "bare": ({}, 3, lambda s: s, "bare backbone state dict", ""),
     "chunked": ({}, 4, lambda s: _chunked(s, 2, 3), "block_chunks=2", ""),
-    "registers": ({"num_register_tokens": 4, "interpolate_offset": 0.0, "interpolate_antialias": True}, 1, lambda s: s, "4 register tokens", ""),
+    "registers": ({"num_register_tokens": 4, "interpolate_offset": 0.0, "interpolate_antialias": True}, 1,
+                  lambda s: s, "4 register tokens", ""),
     "dino_v1": ({"layerscale_init": None}, 2,
                 lambda s: {"teacher": {f"module.backbone.{k}": v for k, v in s.items() if k != "mask_token"},
                            "student": {f"module.backbone.{k}": v.clone() for k, v in s.items() if k != "mask_token"},

@@ -16,67 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cellssl.launch.slurm_config import CLUSTERS, SlurmLauncherConfig
+
 logger = logging.getLogger(__name__)
 
-CLUSTERS = ("slurm", "local")
-
-
-@dataclass
-class SlurmLauncherConfig:
-    """``launcher: {name: slurm, ...}``.
-
-    :ivar nodes: number of nodes.
-    :ivar gpus_per_node: GPUs per node; one task (process) per GPU.
-    :ivar tasks_per_node: processes per node (default: ``gpus_per_node``, at least 1).
-    :ivar cpus_per_task: CPU cores per process (DataLoader workers + the main process).
-    :ivar mem_gb: memory per node in GB (``None``: the partition's default).
-    :ivar partition: SLURM partition. ``account``, ``qos``, ``constraint``: the usual SLURM options.
-    :ivar timeout_min: wall-clock limit of one job; a job that reaches it is requeued.
-    :ivar max_requeues: how many timeouts the run may survive (preemptions are not counted).
-    :ivar folder: job folder for submitit's files and logs; ``%j`` is replaced by the job id.
-        Default: ``<run_dir>/slurm/%j``.
-    :ivar job_name: SLURM job name.
-    :ivar setup: shell lines run before the job (e.g. ``module load cuda``).
-    :ivar additional_parameters: extra ``#SBATCH`` options (``{mail-type: END}``).
-    :ivar cluster: ``slurm``, or ``local`` to run the job with submitit's local executor.
-    :ivar wait: block until the job finishes and report its result.
-    """
-
-    nodes: int = 1
-    gpus_per_node: int = 1
-    tasks_per_node: int | None = None
-    cpus_per_task: int = 8
-    mem_gb: int | None = None
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    timeout_min: int = 60
-    max_requeues: int = 3
-    folder: str | None = None
-    job_name: str = "cellssl"
-    setup: list[str] = field(default_factory=list)
-    additional_parameters: dict[str, str] = field(default_factory=dict)
-    cluster: str = "slurm"
-    wait: bool = False
-
-    def __post_init__(self) -> None:
-        if self.cluster not in CLUSTERS:
-            raise ValueError(f"cluster must be one of {CLUSTERS}, got {self.cluster!r}")
-        for name in ("nodes", "timeout_min", "cpus_per_task"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.gpus_per_node < 0 or self.max_requeues < 0:
-            raise ValueError("gpus_per_node and max_requeues must be >= 0")
-
-    @property
-    def tasks(self) -> int:
-        """Processes per node."""
-        return self.tasks_per_node or max(self.gpus_per_node, 1)
+__all__ = ["CLUSTERS", "SlurmLauncher", "SlurmLauncherConfig", "build_slurm_launcher", "job_folder",
+           "resolve_run_dir", "submit"]
 
 
 def job_folder(config: SlurmLauncherConfig, run_dir: Path) -> str:
@@ -195,3 +143,47 @@ def _task_processes(controller: int) -> list[int]:
         else:
             todo.extend(_children(pid))
     return sorted(found)
+
+
+class SlurmLauncher:
+    """``launcher: {name: slurm}``: checks the plan, then submits the run as a SLURM job (or submitit's local
+    executor with ``cluster: local``); with ``wait`` it blocks and reports the job's result."""
+
+    name = "slurm"
+
+    def __init__(self, config: SlurmLauncherConfig) -> None:
+        self.config = config
+
+    def launch(self, plan: Any, stages: list[str] | None, *, restart: bool = False) -> Any:
+        from omegaconf import OmegaConf
+
+        from cellssl.errors import CellsslError, ConfigError
+        from cellssl.launch.launcher import LaunchResult
+        from cellssl.plan.checks import check_plan
+        from cellssl.plan.run_dir import prepare_run_dir
+
+        check_plan(plan)
+        output_dir = OmegaConf.select(plan.config, "run.output_dir")
+        if not output_dir:
+            raise ConfigError("run.output_dir", "is required with the slurm launcher (the job writes there; `%j` in "
+                                                "it is replaced by the job id), e.g. run.output_dir=runs/vitl_%j")
+        run_dir = Path(str(output_dir))
+        if "%j" not in str(run_dir):
+            prepare_run_dir(plan, restart=restart, write=False)  # refuse a mismatched run directory before submitting
+            run_dir.mkdir(parents=True, exist_ok=True)
+        job_config = plan.config.copy()
+        job_config.launcher = None  # the job itself runs locally
+        job = submit(self.config, OmegaConf.to_yaml(job_config, resolve=True), run_dir, stages)
+        run_dir = resolve_run_dir(run_dir, str(job.job_id))
+        if self.config.wait:
+            try:
+                job.results()
+            except Exception as exc:
+                raise CellsslError(f"job {job.job_id} failed: {exc}. Logs: {job.paths.folder} and "
+                                   f"{run_dir / 'logs'}") from exc
+        return LaunchResult(run_dir, None, job)
+
+
+def build_slurm_launcher(config: SlurmLauncherConfig) -> SlurmLauncher:
+    """Factory of the ``slurm`` launcher."""
+    return SlurmLauncher(config)

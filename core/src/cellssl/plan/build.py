@@ -115,22 +115,14 @@ def _auto_backbone(raw: Any, weights: WeightsSpec | None) -> Any:
 
 
 def _launcher(raw: Any) -> LauncherSpec:
-    from cellssl.launch.launcher import LAUNCHERS, LocalLauncherConfig
-
     raw = _container(raw)
     if raw is None:
-        return LauncherSpec("local", LocalLauncherConfig())
+        raw = {"name": "local"}
     if not isinstance(raw, Mapping):
         raise ConfigError("launcher", "must be a mapping, e.g. `launcher: {name: slurm, nodes: 2}`")
-    block = dict(raw)
-    name = block.pop("name", "local")
-    if name == "local":
-        return LauncherSpec("local", validate_block(block, LocalLauncherConfig, "launcher"))
-    if name == "slurm":
-        from cellssl.launch.slurm import SlurmLauncherConfig
-
-        return LauncherSpec("slurm", validate_block(block, SlurmLauncherConfig, "launcher"))
-    raise ConfigError("launcher.name", f"unknown launcher '{name}'; launchers are {', '.join(LAUNCHERS)}")
+    block = {"name": "local", **raw}
+    entry, config = resolve_entry(block, "launcher", "launcher")
+    return LauncherSpec("launcher", entry, config)
 
 
 def default_stages(config: DictConfig, run: RunSection) -> list[str]:

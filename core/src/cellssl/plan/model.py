@@ -112,14 +112,14 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
-class LauncherSpec:
-    """``launcher:`` — ``local`` (this process, or one rank under torchrun) or ``slurm`` with its settings."""
+class LauncherSpec(Component):
+    """``launcher:`` — the launcher entry (``local``: this process, or one rank under torchrun; ``slurm``; or a
+    plugin's) and its validated settings."""
 
-    name: str
-    settings: Any
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **_plain(self.settings)}
+    @property
+    def settings(self) -> Any:
+        """The launcher's validated parameters (``config``)."""
+        return self.config
 
 
 @dataclass

@@ -146,6 +146,18 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
 
 
 @hookimpl
+def cellssl_register_launchers(registry: Registrar) -> None:
+    """``local`` (this process, or one rank under torchrun) and ``slurm`` (a job through submitit)."""
+    from cellssl.launch.launcher_config import LocalLauncherConfig
+    from cellssl.launch.slurm_config import SlurmLauncherConfig
+
+    registry.add("local", lazy("cellssl.launch.launcher:build_local_launcher"), LocalLauncherConfig,
+                 "run in this process (one rank under torchrun)")
+    registry.add("slurm", lazy("cellssl.launch.slurm:build_slurm_launcher"), SlurmLauncherConfig,
+                 "submit the run as a SLURM job through submitit (checkpoint, requeue and resume on preemption)")
+
+
+@hookimpl
 def cellssl_register_models(registry: Registrar) -> None:
     """The first-party model cards (:mod:`cellssl.zoo.cards`)."""
     from cellssl.zoo.card import add_card

@@ -118,6 +118,18 @@ def cellssl_register_models(registry: Registrar) -> None:
 
 
 @hookspec
+def cellssl_register_launchers(registry: Registrar) -> None:
+    """Register launchers: where a run executes (``launcher: {name: ...}`` in a run config).
+
+    :param registry: registrar for kind ``"launcher"``. ``factory(config)`` returns a
+        :class:`cellssl.launch.launcher.Launcher`, whose ``launch(plan, stages, restart=...)`` executes the
+        validated :class:`cellssl.plan.model.RunPlan` (in this process, or by submitting a job that runs it)
+        and returns a :class:`cellssl.launch.launcher.LaunchResult`. The core registers ``local`` and ``slurm``.
+    :return: nothing.
+    """
+
+
+@hookspec
 def cellssl_cli_commands() -> list[CliCommand]:
     """Add subcommands to the ``cellssl`` command line.
 

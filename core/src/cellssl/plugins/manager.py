@@ -43,6 +43,7 @@ HOOK_BY_KIND: dict[str, str] = {
     "evaluator": "cellssl_register_evaluators",
     "download": "cellssl_register_downloads",
     "model": "cellssl_register_models",
+    "launcher": "cellssl_register_launchers",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from cellssl.errors import DuplicateNameError, UnknownNameError
 
 COMPONENT_KINDS: tuple[str, ...] = ("dataset", "channel_strategy", "backbone", "objective", "evaluator", "download",
-                                    "model")
+                                    "model", "launcher")
 
 # Names provided by first-party plugins that are installed separately. An unknown name found here is
 # answered with the distribution to install.
