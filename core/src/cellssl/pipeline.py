@@ -123,8 +123,8 @@ def start_run(config: DictConfig | RunPlan, *, save_config: bool = True, restart
     :param restart: start over in a run directory whose finished outputs came from another config.
     :raises ConfigError: for an invalid plan, or a run directory holding another config's outputs.
     """
+    from cellssl.distributed import init_distributed, is_main_process
     from cellssl.plan.run_dir import prepare_run_dir
-    from cellssl.train.distributed import init_distributed, is_main_process
 
     plan = config if isinstance(config, RunPlan) else build_plan(config)
     settings = plan.run
@@ -203,7 +203,7 @@ def stats_source(plan: RunPlan) -> tuple[Any, str]:
 
 def _eval_preprocess(run: Run) -> Any:
     from cellssl.data.preprocess import EvalPreprocess, build_run_normalizer
-    from cellssl.train.distributed import main_process_first
+    from cellssl.distributed import main_process_first
 
     plan = run.require_plan()
     source, fingerprint = stats_source(plan)
@@ -246,9 +246,9 @@ def expected_embedding(run: Run) -> tuple[str, dict[str, Any]] | None:
 
 def embed_stage(run: Run) -> Path:
     """Embed the dataset into ``run_dir/embeddings`` (resuming a killed export) and return that folder."""
+    from cellssl.distributed import get_rank, get_world_size
     from cellssl.eval.distributed_embed import clear_embedding_dir, embedding_share, finish_embedding
     from cellssl.eval.export import export_embeddings
-    from cellssl.train.distributed import get_rank, get_world_size
 
     plan = run.require_plan()
     dataset = plan_dataset(plan)
@@ -316,9 +316,9 @@ def eval_loaders(run: Run) -> tuple[Callable[[], tuple[Any, Any]] | None, Callab
 
 def eval_stage(run: Run) -> list[dict[str, Any]]:
     """Run every evaluator of ``eval:`` on the run's (complete, current) embeddings; write ``eval/<name>.json``."""
+    from cellssl.distributed import is_main_process
     from cellssl.eval.base import EvalContext
     from cellssl.eval.embeddings import read_embeddings
-    from cellssl.train.distributed import is_main_process
 
     if not is_main_process():  # evaluation reads every rank's shards, once, on rank 0
         return []
@@ -366,7 +366,7 @@ def execute(config: DictConfig | RunPlan, stages: list[str] | None = None, *,
     :param restart: see :func:`start_run`.
     :return: the run and a mapping stage -> its output (path or results).
     """
-    from cellssl.train.distributed import shutdown_distributed
+    from cellssl.distributed import shutdown_distributed
 
     plan = config if isinstance(config, RunPlan) else build_plan(config, stages)
     if stages is not None and plan.stages != list(stages):

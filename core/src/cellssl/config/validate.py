@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
@@ -15,7 +15,9 @@ from omegaconf.errors import (
 )
 
 from cellssl.errors import CellsslError, ConfigError
-from cellssl.plugins import Entry, get_registry
+
+if TYPE_CHECKING:
+    from cellssl.plugins import Entry
 
 T = TypeVar("T")
 
@@ -85,6 +87,8 @@ def resolve_entry(block: Mapping[str, Any] | DictConfig | None, kind: str, key_p
             _join(key_path, "name"),
             f"is required: say which {kind.replace('_', ' ')} to use, e.g. `{key_path}: {{name: ...}}`.",
         )
+    from cellssl.plugins import get_registry  # the registry is built on first use, not when this module loads
+
     params = {k: v for k, v in block.items() if k != "name"}
     try:
         entry = get_registry(kind).get(str(block["name"]))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from cellssl.config.schema import EmbedSection, NormalizeSection
 from cellssl.data.dataset import CellDataset
 from cellssl.data.normalize import ChannelStats, Normalizer, build_normalizer, compute_channel_stats
+
+if TYPE_CHECKING:
+    from cellssl.config.schema import EmbedSection, NormalizeSection
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Embedding on several processes: each rank embeds its contiguous share of the samples into its own shards.
 
 Under torch.distributed (``torchrun``, the slurm launcher) the ``embed`` stage gives rank ``r`` of ``W`` the
-samples :func:`~cellssl.train.distributed.rank_range` ``(n, r, W)`` and the shard prefix ``rank<r>-``
+samples :func:`~cellssl.distributed.rank_range` ``(n, r, W)`` and the shard prefix ``rank<r>-``
 (``rank000-part-00000.parquet``, ``rank000-manifest.json``). Shares are contiguous and the reader sorts
 shards by name, so :func:`~cellssl.eval.embeddings.read_embeddings` returns the rows in dataset order, the
 same table a single process writes. One process writes unprefixed shards, as before.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cellssl.train.distributed import barrier, get_rank, get_world_size, rank_range, rank_shard_prefix
+from cellssl.distributed import barrier, get_rank, get_world_size, rank_range, rank_shard_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from torch import nn
 from cellssl.data.multicrop import MultiCropTransform, collate_multicrop
 from cellssl.data.normalize import Normalizer
 from cellssl.data.sample import CellSample
-from cellssl.train.ema import momentum_update
+from cellssl.objectives.ema import momentum_update
 
 ViewFn = Callable[[CellSample, torch.Generator], dict[str, Any]]
 CollateFn = Callable[[list[dict[str, Any]]], dict[str, Any]]

@@ -29,10 +29,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cellssl.distributed import DistEnv, get_rank, get_world_size, is_initialized
 from cellssl.train.checkpointing import load_objective_state, restore_rng_state
 from cellssl.train.config import DistributedConfig
 from cellssl.train.data import derive_seed
-from cellssl.train.distributed import DistEnv, get_rank, get_world_size, is_initialized
 
 logger = logging.getLogger(__name__)
 

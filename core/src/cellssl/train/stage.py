@@ -63,9 +63,9 @@ def train_run(run: Run, callbacks: list[Callback] | None = None) -> TrainResult:
     :raises cellssl.errors.CheckpointError: see :meth:`cellssl.train.trainer.Trainer.resume`.
     """
     from cellssl.data.preprocess import build_run_normalizer
+    from cellssl.distributed import main_process_first
     from cellssl.pipeline import TEACHER_BACKBONE_FILE, build_backbone, stats_source
     from cellssl.plan.checks import plan_dataset
-    from cellssl.train.distributed import main_process_first
     from cellssl.train.trainer import Trainer
 
     plan = run.require_plan()
