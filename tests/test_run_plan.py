@@ -188,3 +188,11 @@ def test_non_finite_pixels_are_an_error_naming_the_sample() -> None:
     with pytest.raises(DataError, match=r"sample 2 has non-finite pixel values \(NaN or inf\) in channel 'rna' "
                                         r"\(metadata well=A03\)"):
         compute_channel_stats(Broken(), progress=False)
+
+
+def test_evaluators_default_to_the_dataset_label_column(runs: SimpleNamespace) -> None:
+    path = runs.write(runs.config(eval=[{"name": "knn", "ks": [1], "split": {"mode": "fraction", "seed": 0}}]))
+    assert main(["run", str(path)]) == 0
+    result = json.loads((runs.tmp / "run" / "eval" / "knn.json").read_text())
+    assert result["labels"]["source"] == "phase" or "phase" in str(result["labels"]["source"])
+    assert result["labels"]["names"] == ["G1", "G2", "Prophase", "S_phase"]
