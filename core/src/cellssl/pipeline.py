@@ -221,13 +221,23 @@ def _weighted_backbone(run: Run, channel_names: tuple[str, ...]) -> tuple[nn.Mod
     cached = plan.cache.get("weighted_backbone")
     if cached is not None and plan.weights is not None and weights == plan.weights.path:
         return cached, weights
-    backbone = build_backbone(plan, plan.cache["strategy"], channel_names)
+    key = f"backbone:{weights}"
+    if key in plan.cache:
+        return plan.cache[key], weights
     if weights is not None:
+        backbone = build_backbone(plan, plan.cache["strategy"], channel_names)
         prefix = plan.weights.key_prefix if plan.weights is not None else None
         load_backbone_weights(backbone, weights, key_prefix=prefix)
         logger.info("loaded backbone weights from %s", weights)
     else:
-        logger.warning("embedding with a randomly initialised backbone (no `weights:` and no trained teacher)")
+        # a random initialisation that depends on run.seed only (what the embedding fingerprint records), not on
+        # how much randomness was drawn before: every process and every stage gets the same weights
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.run.seed)
+            backbone = build_backbone(plan, plan.cache["strategy"], channel_names)
+        logger.warning("embedding with a randomly initialised backbone (no `weights:` and no trained teacher), "
+                       "seeded by run.seed=%d", plan.run.seed)
+    plan.cache[key] = backbone
     return backbone, weights
 
 
@@ -244,23 +254,33 @@ def expected_embedding(run: Run) -> tuple[str, dict[str, Any]] | None:
     return digest(parts), parts
 
 
-def embed_stage(run: Run) -> Path:
-    """Embed the dataset into ``run_dir/embeddings`` (resuming a killed export) and return that folder."""
-    from cellssl.distributed import get_rank, get_world_size
-    from cellssl.eval.distributed_embed import clear_embedding_dir, embedding_share, finish_embedding
-    from cellssl.eval.export import export_embeddings
+def run_embedder(run: Run) -> Any:
+    """The run's :class:`~cellssl.embed.embedder.Embedder`: its strategy, its weighted backbone with the feature
+    recipe of ``embed.features``, the embed stage's preprocessing, precision, device and batch size."""
+    from cellssl.embed import Embedder
 
     plan = run.require_plan()
     dataset = plan_dataset(plan)
-    strategy = plan.cache["strategy"]
-    backbone, weights = _weighted_backbone(run, tuple(dataset.channel_names))
+    backbone, _ = _weighted_backbone(run, tuple(dataset.channel_names))
     features = plan.embed.features
     if features.n_last_blocks != 1 or features.avgpool:
         from cellssl.models.features import FeatureExtractor
 
         backbone = FeatureExtractor(backbone, features.n_last_blocks, features.avgpool)
         logger.info("embedding features: %s", backbone.extra_repr())
-    preprocess = _eval_preprocess(run)
+    return Embedder(plan.cache["strategy"], backbone, _eval_preprocess(run), precision=plan.embed.precision,
+                    device=run.device, batch_size=plan.embed.batch_size, num_workers=plan.embed.num_workers)
+
+
+def embed_stage(run: Run) -> Path:
+    """Embed the dataset into ``run_dir/embeddings`` (resuming a killed export) and return that folder."""
+    from cellssl.distributed import get_rank, get_world_size
+    from cellssl.eval.distributed_embed import clear_embedding_dir, embedding_share, finish_embedding
+
+    plan = run.require_plan()
+    dataset = plan_dataset(plan)
+    embedder = run_embedder(run)
+    weights = resolve_weights(run)
     expected = expected_embedding(run)
     assert expected is not None
     fingerprint, parts = expected
@@ -271,11 +291,10 @@ def embed_stage(run: Run) -> Path:
     rank, world = get_rank(), get_world_size()
     extra = {"rank": rank, "world_size": world, "total_rows": total,
              "skipped_rows": skipped_count(plan) if rank == 0 else 0}
-    export_embeddings(
-        dataset, strategy, backbone, out_dir,
-        preprocess=preprocess, batch_size=plan.embed.batch_size, num_workers=plan.embed.num_workers,
-        precision=plan.embed.precision, device=run.device, shard_rows=plan.embed.shard_rows,
-        indices=indices, shard_prefix=shard_prefix, fingerprint=fingerprint, manifest_extra=extra,
+    features = plan.embed.features
+    embedder.export(
+        dataset, out_dir, shard_rows=plan.embed.shard_rows, indices=indices, shard_prefix=shard_prefix,
+        fingerprint=fingerprint, manifest_extra=extra,
         manifest_info={"backbone": plan.backbone.as_dict() if plan.backbone else None,
                        "weights": str(weights) if weights else None,
                        "features": {"n_last_blocks": features.n_last_blocks, "avgpool": features.avgpool},
@@ -314,6 +333,21 @@ def eval_loaders(run: Run) -> tuple[Callable[[], tuple[Any, Any]] | None, Callab
     return (load_dataset if has_data else None), (load_model if has_model else None)
 
 
+def _cached_embedder(run: Run) -> Callable[[], Any] | None:
+    """A lazy, cached :func:`run_embedder` for ``EvalContext.embedder`` (``None`` without data or backbone)."""
+    plan = run.require_plan()
+    if plan.data is None or plan.backbone is None:
+        return None
+    cache: dict[str, Any] = {}
+
+    def load() -> Any:
+        if "embedder" not in cache:
+            cache["embedder"] = run_embedder(run)
+        return cache["embedder"]
+
+    return load
+
+
 def eval_stage(run: Run) -> list[dict[str, Any]]:
     """Run every evaluator of ``eval:`` on the run's (complete, current) embeddings; write ``eval/<name>.json``."""
     from cellssl.distributed import is_main_process
@@ -338,7 +372,7 @@ def eval_stage(run: Run) -> list[dict[str, Any]]:
         identity={"dataset": plan.data.as_dict() if plan.data else None,
                   "backbone": plan.backbone.as_dict() if plan.backbone else None,
                   "weights": str(weights) if weights is not None else None},
-        load_model=load_model, load_dataset=load_dataset, device=str(run.device))
+        load_model=load_model, load_dataset=load_dataset, embedder=_cached_embedder(run), device=str(run.device))
     skipped = int(table.manifest.get("skipped_rows", 0))
     results = []
     names_seen: dict[str, int] = {}

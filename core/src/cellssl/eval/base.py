@@ -48,6 +48,9 @@ class EvalContext:
         ``None`` when the run has no model (e.g. evaluating an embedding table alone).
     :ivar load_dataset: for evaluators that need the images: returns ``(dataset, preprocess)`` where
         ``preprocess(image, channel_names)`` is the embedding preprocessing (resize + normalise).
+    :ivar embedder: for evaluators that need fresh embeddings (other rows, channels dropped): returns the run's
+        :class:`~cellssl.embed.embedder.Embedder` — the embed stage's preprocessing, weights and feature recipe,
+        so its embeddings of a row equal the table's. ``None`` when the run has no model.
     :ivar device: torch device name the model runs on (``"cpu"``, ``"cuda"``, ...).
     """
 
@@ -57,6 +60,7 @@ class EvalContext:
     identity: dict[str, Any] = field(default_factory=dict)
     load_model: Callable[[], tuple[Any, Any]] | None = None
     load_dataset: Callable[[], tuple[Any, Any]] | None = None
+    embedder: Callable[[], Any] | None = None
     device: str = "cpu"
 
 

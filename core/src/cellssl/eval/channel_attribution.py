@@ -174,28 +174,28 @@ def _labels(metadata: pd.DataFrame, cfg: ChannelAttributionConfig, context: Eval
 
 
 def _embed_variants(cfg: ChannelAttributionConfig, context: EvalContext, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Embeddings of dataset ``rows``: ``""`` as they are, and per channel name with that channel dropped."""
-    import torch
+    """Embeddings of dataset ``rows``: ``""`` as they are, and per channel name with that channel dropped.
 
-    from cellssl.eval.export import autocast_context
+    Uses the run's :class:`~cellssl.embed.embedder.Embedder` (``context.embedder``: the embed stage's
+    preprocessing, weights and feature recipe) when there is one, else the plain model and preprocessing.
+    """
+    from cellssl.embed import Embedder
 
-    strategy, backbone = context.load_model()  # type: ignore[misc]
     dataset, preprocess = context.load_dataset()  # type: ignore[misc]
+    if context.embedder is not None:
+        embedder = context.embedder()
+    else:
+        strategy, backbone = context.load_model()  # type: ignore[misc]
+        embedder = Embedder(strategy, backbone, preprocess, device=context.device)
     names = tuple(dataset.channel_names)
-    parameter = next(iter(backbone.parameters()), None)
-    device = parameter.device if parameter is not None else torch.device(context.device)
     variants: dict[str, list[np.ndarray]] = {"": [], **{name: [] for name in names}}
-    with torch.no_grad():
-        for start in range(0, len(rows), cfg.batch_size):
-            samples = [dataset[int(i)] for i in rows[start : start + cfg.batch_size]]
-            images = torch.stack([preprocess(s.image, s.channels) for s in samples]).float()
-            for position, name in enumerate(["", *names]):
-                batch = images.clone()
-                if name:
-                    batch[:, position - 1] = cfg.drop_fill
-                with autocast_context(device, cfg.precision):
-                    out = strategy.embed(backbone, batch.to(device), names)
-                variants[name].append(out.float().cpu().numpy())
+    for start in range(0, len(rows), cfg.batch_size):
+        images, _ = embedder.preprocessed(dataset, rows[start : start + cfg.batch_size])
+        for position, name in enumerate(["", *names]):
+            batch = images.clone()
+            if name:
+                batch[:, position - 1] = cfg.drop_fill
+            variants[name].append(embedder.embed_images(batch, names, precision=cfg.precision).numpy())
     return {name: np.concatenate(parts) for name, parts in variants.items()}
 
 
