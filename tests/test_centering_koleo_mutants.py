@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +75,56 @@ def test_koleo_is_scale_free_and_uses_euclidean_distance_on_the_sphere() -> None
 def test_koleo_of_two_orthogonal_vectors() -> None:
     loss = KoLeoLoss()(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
     assert loss.item() == pytest.approx(-math.log(math.sqrt(2.0)), rel=1e-6)
+
+
+def test_a_one_rank_process_group_gives_the_single_process_results(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    logits = torch.tensor([[1.0, 0.5, -0.2], [0.1, 2.0, 0.3], [-1.0, 0.0, 0.7], [0.4, 0.4, 0.4]])
+    alone = EMACentering(3, momentum=0.5)
+    alone.update(logits)
+    expected_q = sinkhorn_knopp(logits, temp=0.3)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        grouped = EMACentering(3, momentum=0.5)
+        grouped.update(logits)
+        q = sinkhorn_knopp(logits, temp=0.3)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(grouped.center, alone.center)
+    torch.testing.assert_close(q, expected_q)
+
+
+_LARGE_SCORES_RANK = """
+import sys
+import torch
+import torch.distributed as dist
+from cellssl.objectives.centering import sinkhorn_knopp
+rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+logits = torch.load(out + "/logits.pt", weights_only=True)
+torch.save(sinkhorn_knopp(logits[3 * rank:3 * rank + 3], temp=0.04), f"{out}/q{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_sinkhorn_across_ranks_shifts_by_the_global_maximum_of_large_scores(tmp_path: Path) -> None:
+    # scores of 60 / 0.04 = 1500: shifting by anything but the global maximum (e.g. the sum of the ranks'
+    # maxima) under- or overflows exp, so the two-rank result equals the one-process result only with MAX
+    logits = torch.tensor([[60.0, 58.0, 55.0], [59.0, 60.0, 57.0], [58.5, 59.5, 60.0],
+                           [57.0, 59.0, 58.0], [60.0, 56.0, 59.5], [58.0, 58.0, 58.0]])
+    torch.save(logits, tmp_path / "logits.pt")
+    script = tmp_path / "rank.py"
+    script.write_text(_LARGE_SCORES_RANK)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), init, str(tmp_path)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for rank in range(2)]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output.decode()
+    q = torch.cat([torch.load(tmp_path / f"q{rank}.pt", weights_only=True) for rank in range(2)])
+    expected = sinkhorn_knopp(logits, temp=0.04)
+    assert torch.isfinite(expected).all() and expected.sum(dim=1).allclose(torch.ones(6))
+    torch.testing.assert_close(q, expected)

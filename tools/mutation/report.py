@@ -80,9 +80,18 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def load_notes(path: Path) -> dict[str, str]:
+    """``module -> note`` from ``notes.toml`` (what a reader of a module's figures must know; empty if absent)."""
+    if not path.is_file():
+        return {}
+    return {e["module"]: e["text"] for e in tomllib.loads(path.read_text()).get("note", [])}
+
+
 def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Path, out: Path) -> None:
-    """Write ``out`` (markdown) from the results of ``targets`` found in ``results_dir``."""
+    """Write ``out`` (markdown) from the results of ``targets`` found in ``results_dir``, with the notes of
+    ``notes.toml`` beside ``equivalents_path``."""
     equivalents = load_equivalents(equivalents_path)
+    notes = load_notes(equivalents_path.with_name("notes.toml"))
     lines = [HEADER, "## Kill rate per module", "",
              "| module | mutants | killed | timed out | survived (equivalent) | no tests | not checked | kill rate "
              "| run |",
@@ -117,6 +126,9 @@ def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Pa
     overall = totals["caught"] / totals["denominator"] if totals["denominator"] else None
     lines += ["", f"Over the modules run: {_rate(overall)} of {totals['denominator']} non-equivalent mutants "
                   "checked were killed.", ""]
+    run = [t.module for t in targets if t.module in notes and (results_dir / f"{t.slug}.json").is_file()]
+    if run:
+        lines += ["## Notes", "", *[f"- `{module}`: {notes[module]}" for module in run], ""]
     if details:
         lines += ["## Surviving mutants", "", *details]
     out.write_text("\n".join(lines).rstrip() + "\n")
