@@ -128,3 +128,18 @@ def test_sinkhorn_across_ranks_shifts_by_the_global_maximum_of_large_scores(tmp_
     expected = sinkhorn_knopp(logits, temp=0.04)
     assert torch.isfinite(expected).all() and expected.sum(dim=1).allclose(torch.ones(6))
     torch.testing.assert_close(q, expected)
+
+
+def test_koleo_under_bf16_autocast_matches_float64_with_close_neighbours() -> None:
+    # sample 0's two neighbours differ in cosine by 3e-4, below bf16's resolution near 1 (2**-8)
+    angles = np.array([0.0, 0.301, -0.3, 2.0, 3.5])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    expected = -np.log(d.min(axis=1)).mean()
+    features = torch.tensor(x, dtype=torch.float32)
+    plain = KoLeoLoss()(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = KoLeoLoss()(features)
+    assert plain.item() == pytest.approx(expected, rel=1e-5)
+    assert under_autocast.dtype == torch.float32 and under_autocast.item() == pytest.approx(expected, rel=1e-5)
