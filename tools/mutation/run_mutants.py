@@ -120,9 +120,6 @@ def prepare_workspace(target: Target, workdir: Path) -> Path:
 def run_mutmut(target: Target, ws: Path, budget: float) -> tuple[bool, float]:
     """Run mutmut in ``ws`` for at most ``budget`` seconds; returns ``(finished, seconds)``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "true"}
-    # Python subprocesses a test starts (e.g. torch.distributed ranks) import the mutated copy too: mutmut
-    # exports the mutant's name in MUTANT_UNDER_TEST, which they inherit
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ws / "mutants" / "src"), os.environ.get("PYTHONPATH")) if p)
     data = shared_data()
     if data is not None:
         env["CELLSSL_TEST_DATA"] = str(data)
