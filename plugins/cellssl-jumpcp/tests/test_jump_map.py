@@ -49,6 +49,22 @@ def test_well_profiles_equal_pandas_groupby_median() -> None:
                        .mean().to_numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["median", "mean"])
+def test_site_level_aggregation_weighs_every_site_the_same(method: str) -> None:
+    x, meta = cells_table()
+    meta = meta.assign(Metadata_Site=[str(i % 2 + 1) if i % 5 else "1" for i in range(len(meta))])  # 3 + 2 cells
+    profiles, wells = well_profiles(iter_table_plates(x, meta, "Metadata_Plate"), "Metadata_Plate", "Metadata_Well",
+                                    method, site_column="Metadata_Site")
+    frame = pd.concat([meta, pd.DataFrame(x, columns=[f"f{i}" for i in range(6)])], axis=1)
+    features = [f"f{i}" for i in range(6)]
+    sites = frame.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"])[features].agg(method)
+    expected = sites.groupby(level=["Metadata_Plate", "Metadata_Well"]).agg(method)
+    assert np.allclose(profiles, expected.to_numpy(), atol=1e-6)
+    direct = frame.groupby(["Metadata_Plate", "Metadata_Well"])[features].agg(method).to_numpy()
+    assert not np.allclose(profiles, direct, atol=1e-3)  # 3 + 2 cells per well: the two levels differ
+    assert (wells["Metadata_Count_Cells"] == 5).all() and "Metadata_Site" not in wells.columns
+
+
 @pytest.mark.parametrize("method", ["standardize", "mad_robustize", "spherize"])
 def test_normalisation_fitted_on_negcon_per_plate(method: str) -> None:
     x, meta = cells_table()

@@ -145,6 +145,8 @@ class JumpMapConfig:
     :ivar control_column: column whose ``negcon_values`` mark negative-control wells.
     :ivar negcon_values: values of ``control_column`` marking negative controls.
     :ivar aggregate: ``mean`` or ``median`` of the cells of a well (pycytominer ``aggregate``).
+    :ivar site_column: when set (e.g. ``Metadata_Site``), aggregate cells -> site -> well, each level with
+        ``aggregate``, so every site of a well weighs the same; empty: cells -> well directly.
     :ivar normalize: ``none``, ``standardize``, ``mad_robustize`` or ``spherize``, fitted per plate on the
         negative-control wells (pycytominer ``normalize(samples=...)``).
     :ivar epsilon: added to scales (and to covariance eigenvalues of ``spherize``).
@@ -167,6 +169,7 @@ class JumpMapConfig:
     control_column: str = "Metadata_pert_type"
     negcon_values: list[str] = field(default_factory=lambda: ["negcon"])
     aggregate: str = "median"
+    site_column: str = ""
     normalize: str = "mad_robustize"
     epsilon: float = 1e-6
     neg_sameby: list[str] = field(default_factory=list)

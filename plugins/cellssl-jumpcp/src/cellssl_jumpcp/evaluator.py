@@ -68,7 +68,7 @@ class JumpMapEvaluator(Evaluator):
 
     def _score(self, plates: Any, run_dir: Path, tag: str) -> dict[str, Any]:
         cfg = self.config
-        profiles, meta = well_profiles(plates, cfg.plate_column, cfg.well_column, cfg.aggregate)
+        profiles, meta = well_profiles(plates, cfg.plate_column, cfg.well_column, cfg.aggregate, cfg.site_column)
         for column, key in ((cfg.perturbation_column, "perturbation_column"), (cfg.control_column, "control_column")):
             if column not in meta.columns:
                 raise DataError(f"column '{column}' (config key 'jump_map.{key}') is not a well-level column of the "

@@ -103,8 +103,12 @@ def iter_table_plates(embeddings: np.ndarray, metadata: pd.DataFrame, plate_colu
 
 
 def well_profiles(plates: Iterator[tuple[str, np.ndarray, pd.DataFrame]], plate_column: str, well_column: str,
-                  method: str = "median") -> tuple[np.ndarray, pd.DataFrame]:
+                  method: str = "median", site_column: str = "") -> tuple[np.ndarray, pd.DataFrame]:
     """One profile per (plate, well): the ``method`` of its rows, plate by plate.
+
+    With ``site_column`` the aggregation has two levels: cells -> one profile per (plate, well, site), then
+    sites -> well, each with ``method`` (every site weighs the same, however many cells it has);
+    ``Metadata_Count_Cells`` still counts the cells of the well.
 
     :return: ``(profiles (W, D) float32, metadata)``: the ``Metadata_`` columns constant within each well and
         ``Metadata_Count_Cells``; wells sorted by plate then well.
@@ -112,9 +116,19 @@ def well_profiles(plates: Iterator[tuple[str, np.ndarray, pd.DataFrame]], plate_
     """
     blocks, metas = [], []
     for _, embeddings, metadata in plates:
-        require_columns(metadata, [plate_column, well_column], "jump_map")
+        require_columns(metadata, [plate_column, well_column, *([site_column] if site_column else [])], "jump_map")
+        if site_column:
+            embeddings, metadata = aggregate_profiles(embeddings, metadata, [plate_column, well_column, site_column],
+                                                      method, key="jump_map.site_column")
+            cells = metadata["n_rows"].to_numpy()
+            metadata = metadata.drop(columns=["n_rows", site_column])
         profiles, meta = aggregate_profiles(embeddings, metadata, [plate_column, well_column], method,
                                             key="jump_map.well_column")
+        if site_column:
+            keys = metadata[[plate_column, well_column]].astype(str).agg("\x1f".join, axis=1)
+            totals = pd.Series(cells).groupby(keys.to_numpy()).sum()
+            meta["n_rows"] = totals.loc[meta[[plate_column, well_column]].astype(str).agg("\x1f".join, axis=1)
+                                        ].to_numpy()
         keep = [c for c in meta.columns if c.startswith("Metadata_") or c in (plate_column, well_column)]
         meta = meta[keep].assign(**{COUNT_COLUMN: meta["n_rows"].to_numpy()})
         blocks.append(profiles)
