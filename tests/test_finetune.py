@@ -44,7 +44,7 @@ def test_head_only_selects_on_rows_carved_from_train_and_reads_test_labels_once(
     from cellssl.finetune.config import FinetuneSection
     from cellssl.finetune.data import finetune_rows
 
-    base = _config(runs, 10, "a", freeze_backbone=True, epochs=8)
+    base = _config(runs, 10, "a", freeze_backbone=True, epochs=8, linear_probe_baseline=True)
     table = Path(base["data"]["table"])
     meta = pd.read_csv(table)
     meta["part"] = np.where(np.arange(len(meta)) % 4 == 0, "test", "train")  # a split that reads no label
@@ -71,12 +71,17 @@ def test_head_only_selects_on_rows_carved_from_train_and_reads_test_labels_once(
     for key, value in head_a["state_dict"].items():
         assert torch.equal(value, head_b["state_dict"][key]), key
     assert other["metrics"] != first["metrics"]
+    # the linear-probe baseline: the same fit and validation rows, its head chosen without the test labels
+    baseline_a, baseline_b = first["baseline_linear_probe"], other["baseline_linear_probe"]
+    assert baseline_a["sizes"] == {"train_rows": 24, "val_rows": 6, "fit_rows": 30} and baseline_a["refit"]
+    assert baseline_a["chosen"] == baseline_b["chosen"] and baseline_a["chosen"]["metric"] == "macro_f1"
+    assert baseline_a["metrics"] != baseline_b["metrics"]
     assert head_a["classes"] == ["G1", "G2", "Prophase", "S_phase"] and head_a["in_dim"] == 32
 
 
 def test_end_to_end_changes_the_backbone_and_beats_the_frozen_head(runs: SimpleNamespace) -> None:
     frozen = _run(runs, _config(runs, 40, "frozen", freeze_backbone=True, epochs=30), "frozen")
-    tuned = _run(runs, _config(runs, 40, "tuned", epochs=12), "tuned")
+    tuned = _run(runs, _config(runs, 40, "tuned", epochs=12, lr=3e-3), "tuned")
     assert tuned["mode"] == "end_to_end" and frozen["mode"] == "head_only"
     start = _tensors(runs.tmp / "frozen" / "finetune" / "backbone.pt")  # frozen: the starting weights
     end = _tensors(runs.tmp / "tuned" / "finetune" / "backbone.pt")

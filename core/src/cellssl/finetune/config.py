@@ -61,6 +61,10 @@ class FinetuneSection(LabelSettings):
     :ivar precision: ``fp32`` or ``bf16`` autocast.
     :ivar seed: seed of the validation carve, the batch order, flips and dropout.
     :ivar per_class_report: include per-class precision / recall / F1 / support.
+    :ivar linear_probe_baseline: also fit the ``linear`` evaluator's probe
+        (:func:`cellssl.eval.linear.fit_linear_probe`, its default grid, selected on the same validation rows)
+        on the starting backbone's features of the same fit rows, and score it on the same test rows
+        (``baseline_linear_probe`` in the result).
     """
 
     keep_classes: list[str] = field(default_factory=list)
@@ -84,6 +88,7 @@ class FinetuneSection(LabelSettings):
     precision: str = "fp32"
     seed: int = 0
     per_class_report: bool = True
+    linear_probe_baseline: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.split, dict):

@@ -11,6 +11,14 @@ Checkpoint (``<dir>/last.pt``, written atomically after every epoch, read with `
      "model": state dict, "optimizer": AdamW state, "best": {"epoch", "score", "state"},
      "bad_epochs": epochs since the best, "history": [per-epoch records], "signature": what must match}
 
+Several processes (torchrun): every rank holds the same inputs and draws the same batch order; rank ``r``
+trains on its contiguous share of each batch (:func:`~cellssl.train.distributed.rank_range`), flips are drawn
+for the whole batch before it is shared, and each share's loss is scaled by ``share / batch * world`` so that
+the all-reduced (averaged) gradient is the gradient of the whole batch's mean loss, as in one process (exact
+for an unweighted loss and a model without batch statistics, up to summation order). Validation and
+prediction run on every rank over all rows (no collective); only rank 0 writes the checkpoint, and every
+rank waits for it before the next epoch.
+
 Model selection: the epoch with the highest validation score (``select_metric``) wins, ties to the earlier
 epoch; training stops after ``patience`` epochs without improvement. Multi-label heads get per-class
 thresholds chosen on the validation rows (:func:`choose_thresholds`) for the selected epoch.
@@ -111,6 +119,9 @@ class FinetuneLoop:
         self.steps_per_epoch = max(1, math.ceil(len(self.fit_y) / section.batch_size))
         self.total_steps = self.steps_per_epoch * section.epochs
         self.state = LoopState()
+        from cellssl.train.distributed import get_rank, get_world_size
+
+        self.rank, self.world = get_rank(), get_world_size()
 
     # ------------------------------------------------------------------ batches and steps
     def _order(self, epoch: int) -> np.ndarray:
@@ -155,19 +166,48 @@ class FinetuneLoop:
             x, y = self.fit_x[index].to(self.device), y_all[index].to(self.device)
             if self.augment is not None:
                 x = self.augment(x)
+            share = 1.0
+            if self.world > 1:
+                x, y, share = self._share(x, y)
             self._set_lr(epoch * self.steps_per_epoch + i)
             with _autocast(self.device, self.section.precision):
                 logits = self.forward(x, True)
-            loss = self._loss(logits.float(), y)
+            loss = self._loss(logits.float(), y) * share
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(self._batch_loss(loss.detach()))
         return float(np.mean(losses))
+
+    def _share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This rank's contiguous share of a batch and its loss scale ``len(share) / len(batch) * world``; an
+        empty share keeps the batch's first row with scale 0 (every rank must run a backward pass)."""
+        from cellssl.train.distributed import rank_range
+
+        part = rank_range(len(x), self.rank, self.world)
+        if len(part) == 0:
+            return x[:1], y[:1], 0.0
+        return x[part.start : part.stop], y[part.start : part.stop], len(part) / len(x) * self.world
+
+    def _batch_loss(self, loss: torch.Tensor) -> float:
+        """The whole batch's mean loss: the mean over ranks of the scaled share losses (one process: ``loss``)."""
+        if self.world == 1:
+            return float(loss)
+        import torch.distributed as dist
+
+        total = loss.float().reshape(1).clone()
+        total = total.cpu() if dist.get_backend() == "gloo" else total
+        dist.all_reduce(total)
+        return float(total) / self.world
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
+        from cellssl.train.distributed import barrier
+
         if self.checkpoint_dir is None:
+            return
+        if self.rank != 0:
+            barrier()
             return
         s = self.state
         payload = {"format": FORMAT, "version": VERSION, "epoch": s.epoch, "model": self.model.state_dict(),
@@ -176,6 +216,7 @@ class FinetuneLoop:
                    "signature": self.signature}
         with atomic_open(self.checkpoint_dir / "last.pt", "wb") as handle:
             torch.save(payload, handle)
+        barrier()
 
     def resume(self) -> bool:
         """Load ``last.pt`` when there is one; returns whether it did.
@@ -188,7 +229,11 @@ class FinetuneLoop:
 
         if self.checkpoint_dir is None:
             return False
-        remove_stale_temp_files(self.checkpoint_dir)
+        if self.rank == 0:
+            remove_stale_temp_files(self.checkpoint_dir)
+        from cellssl.train.distributed import barrier
+
+        barrier()
         path = self.checkpoint_dir / "last.pt"
         if not path.is_file():
             return False

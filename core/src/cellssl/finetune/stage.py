@@ -12,7 +12,10 @@ Reads the checked plan (dataset, channel strategy, backbone with ``weights:`` or
 Features entering the head are standardised with the mean and standard deviation of the fit rows' starting
 features (fixed buffers, as the linear probe standardises). With ``freeze_backbone`` the features of every
 labelled row are computed once and the head trains on the fit rows' features; otherwise the whole model trains.
-One process only: under torchrun (``WORLD_SIZE > 1``) the stage refuses to start.
+Under torchrun (``WORLD_SIZE > 1``) the trained module (the whole classifier, or the head alone) goes through
+``DistributedDataParallel`` and each rank trains on its share of every batch (:mod:`cellssl.finetune.loop`);
+every rank holds the same images and computes the same validation and test predictions, and rank 0 alone
+writes the checkpoint, the exports and ``eval/finetune.json``.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     """Fine-tune, select on validation, score the test rows once, export; returns the result dict.
 
     :param stop_after: stop after this many epochs in total, leaving the checkpoint as a kill would (tests).
-    :raises ConfigError: without a ``finetune:`` section, under several processes, a bad split or metric.
+    :raises ConfigError: without a ``finetune:`` section, a bad split or metric.
     :raises cellssl.errors.DataError: unusable labels, an empty side.
     :raises cellssl.errors.CheckpointError: a checkpoint of another config in ``finetune/checkpoints``.
     """
@@ -104,14 +107,12 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     from cellssl.models.checkpoint import save_state_dict_atomic
     from cellssl.pipeline import _eval_preprocess, _weighted_backbone
     from cellssl.plan.checks import plan_dataset
-    from cellssl.train.distributed import get_world_size
+    from cellssl.train.distributed import barrier, get_world_size, is_main_process
 
     plan = run.require_plan()
     section: FinetuneSection | None = getattr(plan, "finetune", None)
     if section is None:
         raise ConfigError("finetune", "is required by the finetune stage, e.g. `finetune: {label_column: phase}`.")
-    if get_world_size() > 1:
-        raise ConfigError("finetune", "runs in one process; start `cellssl run` without torchrun for this stage.")
     device = run.device
     dataset = plan_dataset(plan)
     channels = tuple(dataset.channel_names)
@@ -124,25 +125,29 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     images = load_images(dataset, _eval_preprocess(run), rows.rows)
     strategy = plan.cache["strategy"]
     probe = Classifier(strategy, backbone, channels, 1, 1, section).to(device)
-    start_features = _features(probe, images[torch.as_tensor(rows.fit)], device, section.precision)
+    if section.linear_probe_baseline:  # the starting features of every row, before any weight changes
+        all_start = _features(probe, images, device, section.precision)
+        start_features = all_start[torch.as_tensor(rows.fit)]
+    else:
+        start_features = _features(probe, images[torch.as_tensor(rows.fit)], device, section.precision)
     num_outputs = len(labels.names)
-    model = Classifier(strategy, backbone, channels, start_features.shape[1], num_outputs, section).to(device)
+    with torch.random.fork_rng(devices=[]):  # the head's initial weights follow finetune.seed, not the process
+        torch.manual_seed(section.seed)
+        model = Classifier(strategy, backbone, channels, start_features.shape[1], num_outputs, section).to(device)
     model.head = nn.Sequential(Standardize(start_features), model.head).to(device)
     if section.freeze_backbone:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         features = _features(model, images, device, section.precision)  # every labelled row, computed once
         inputs, trained = features, model.head
-
-        def forward(x: torch.Tensor, train: bool) -> torch.Tensor:
-            return model.head(x)
         augment = None
     else:
         inputs, trained = images, model
-
-        def forward(x: torch.Tensor, train: bool) -> torch.Tensor:
-            return model(x)
         augment = _flip if section.flip else None
+    parallel = _data_parallel(trained, device) if get_world_size() > 1 else trained
+
+    def forward(x: torch.Tensor, train: bool) -> torch.Tensor:
+        return parallel(x) if train else trained(x)
     fit_y, val_y = rows.y(rows.fit), rows.y(rows.val)
     weight = None
     if section.class_balance == "weights":
@@ -171,7 +176,9 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     test_logits = loop.predict(inputs[torch.as_tensor(rows.test)])
     _, report = score(rows.y(rows.test), test_logits, labels.multilabel, list(labels.names), metric, thresholds,
                       per_class=section.per_class_report)
-    exports = _export(model, out_dir, section, labels, thresholds, channels, save_state_dict_atomic)
+    exports = {"backbone": out_dir / "backbone.pt", "head": out_dir / "head.pt"}
+    if is_main_process():
+        _export(model, exports, section, labels, thresholds, channels, save_state_dict_atomic)
     from cellssl.eval.metrics import HEADLINE_MULTICLASS, HEADLINE_MULTILABEL
 
     names = HEADLINE_MULTILABEL if labels.multilabel else HEADLINE_MULTICLASS
@@ -185,6 +192,7 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
         "labels": labels_summary(labels, len(dataset.metadata), section),
         "split": {"mode": section.split.mode, **rows.sizes()},
         "mode": "head_only" if section.freeze_backbone else "end_to_end",
+        "world_size": get_world_size(),
         "exports": {k: str(Path(v).relative_to(run.run_dir)) for k, v in exports.items()},
         "config": dataclasses.asdict(section),
         "identity": {"dataset": plan.data.as_dict() if plan.data else None,
@@ -194,14 +202,50 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     for key in ("per_class", "per_label"):
         if key in report:
             result[key] = report[key]
-    write_result_json(result, run.run_dir, "finetune")
+    if section.linear_probe_baseline:
+        result["baseline_linear_probe"] = _linear_probe_baseline(all_start.numpy(), rows, labels, section, metric,
+                                                                 names)
+    if is_main_process():
+        write_result_json(result, run.run_dir, "finetune")
+    barrier()
     logger.info("finetune (%s): test %s", result["mode"], {k: round(v, 4) for k, v in result["metrics"].items()})
     return result
 
 
-def _export(model: Any, out_dir: Path, section: FinetuneSection, labels: Any, thresholds: np.ndarray | None,
-            channels: tuple[str, ...], save: Any) -> dict[str, Path]:
-    backbone_path, head_path = out_dir / "backbone.pt", out_dir / "head.pt"
+def _linear_probe_baseline(features: np.ndarray, rows: Any, labels: Any, section: FinetuneSection, metric: str,
+                           names: tuple[str, ...]) -> dict[str, Any]:
+    """The ``linear`` evaluator's probe on the starting features: fitted on the fit rows, its grid head chosen
+    on the validation rows (then refitted on both, as the evaluator does), scored once on the test rows."""
+    from cellssl.eval.linear import fit_linear_probe
+    from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+
+    multilabel, classes = bool(labels.multilabel), list(labels.names)
+    probe = fit_linear_probe(features[rows.fit], rows.y(rows.fit), multilabel=multilabel,
+                             val_x=features[rows.val], val_y=rows.y(rows.val), seed=section.seed,
+                             num_classes=None if multilabel else len(classes), select_metric=metric)
+    predicted = probe.predict(features[rows.test])
+    if multilabel:
+        report = multilabel_metrics(rows.y(rows.test), predicted, classes)
+    else:
+        report = multiclass_metrics(rows.y(rows.test), predicted, classes)
+    return {"metrics": {name: report[name] for name in names},
+            "chosen": {"lr": probe.chosen.lr, "weight_decay": probe.chosen.weight_decay,
+                       "val_score": probe.chosen.val_score, "metric": probe.selection_metric},
+            "sizes": dict(probe.sizes), "refit": bool(probe.refit)}
+
+
+def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` (unused parameters allowed: the ViT's mask token gets no
+    gradient); the state dicts stay those of ``module``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+
+def _export(model: Any, paths: dict[str, Path], section: FinetuneSection, labels: Any, thresholds: np.ndarray | None,
+            channels: tuple[str, ...], save: Any) -> None:
+    backbone_path, head_path = paths["backbone"], paths["head"]
     save({k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, backbone_path)
     standardize, head = model.head[0], model.head[1]
     save({"state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "head": section.head,
@@ -210,7 +254,6 @@ def _export(model: Any, out_dir: Path, section: FinetuneSection, labels: Any, th
           "thresholds": torch.tensor(thresholds if thresholds is not None else [0.5] * len(labels.names)),
           "feature_mean": standardize.mean.detach().cpu(), "feature_scale": standardize.scale.detach().cpu()},
          head_path)
-    return {"backbone": backbone_path, "head": head_path}
 
 
 def finetune_stage(run: Run) -> Path:
