@@ -26,3 +26,39 @@ def test_the_run_embedder_reproduces_the_stored_table(runs: SimpleNamespace) -> 
     assert images.shape == (2, 3, 40, 40) and names == ("brightfield", "dna", "darkfield")
     np.testing.assert_allclose(embedder.embed_images(images, names).numpy(), table.embeddings[rows[:2]],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_eval_stage_hands_evaluators_a_table_read_only_when_used(runs: SimpleNamespace) -> None:
+    from dataclasses import dataclass
+    from typing import Any
+
+    from cellssl.eval.base import Evaluator
+    from cellssl.plugins import hookimpl
+    from cellssl.plugins.manager import build_plugin_state, use_plugin_state
+
+    seen: list[Any] = []
+
+    @dataclass
+    class CountConfig:
+        """``{name: row_count}``."""
+
+    class RowCount(Evaluator):
+        name = "row_count"
+
+        def __init__(self, config: CountConfig) -> None:
+            self.config = config
+
+        def evaluate(self, table: Any, context: Any) -> dict[str, Any]:
+            seen.append(table)
+            return {"metrics": {"rows": len(table), "dim": table.dim}, "config": {}}
+
+    class Plugin:
+        @hookimpl
+        def cellssl_register_evaluators(self, registry: Any) -> None:
+            registry.add("row_count", RowCount, CountConfig, "counts rows (test)")
+
+    state = build_plugin_state(extra_plugins=[("rows", "rows-dist", Plugin())], load_entry_points=False)
+    with use_plugin_state(state):
+        _, outputs = execute(load_run_config(runs.write(runs.config(eval=[{"name": "row_count"}])), []))
+    assert outputs["eval"][0]["metrics"] == {"rows": 24, "dim": 96}
+    assert not seen[0].loaded  # streaming evaluators never hold the whole table

@@ -205,3 +205,16 @@ def test_missing_rank_manifest_is_refused(tmp_path: Path) -> None:
     (tmp_path / "rank001-part-00000.parquet").unlink()
     with pytest.raises(DataError, match=r"manifests of rank\(s\) \[1\] of 2 are missing"):
         read_embeddings(tmp_path)
+
+
+def test_lazy_table_is_verified_at_once_and_read_on_first_use(tmp_path: Path) -> None:
+    meta, emb = _batch(0, 25)
+    with EmbeddingWriter(tmp_path, shard_rows=10) as writer:
+        writer.write(meta, emb)
+    table = read_embeddings(tmp_path, lazy=True)
+    assert not table.loaded and len(table) == 25 and table.dim == 4 and not table.loaded
+    np.testing.assert_array_equal(table.embeddings, emb)
+    assert table.loaded and table.metadata["cell_id"].tolist() == list(range(25))
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(DataError, match="no manifest"):
+        read_embeddings(tmp_path, lazy=True)  # verification is not deferred

@@ -361,7 +361,7 @@ def eval_stage(run: Run) -> list[dict[str, Any]]:
         raise ConfigError("eval", "lists no evaluator; add e.g. `eval: [{name: knn, label_column: label}]`.")
     expected = expected_embedding(run)
     table = read_embeddings(run.run_dir / "embeddings", expected_fingerprint=expected[0] if expected else None,
-                            expected_parts=expected[1] if expected else None)
+                            expected_parts=expected[1] if expected else None, lazy=True)
     load_dataset, load_model = eval_loaders(run)
     dataset = plan_dataset(plan) if plan.data is not None else None
     weights = resolve_weights(run) if plan.backbone is not None else None

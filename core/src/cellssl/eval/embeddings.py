@@ -80,6 +80,44 @@ class EmbeddingTable:
         return int(self.embeddings.shape[0])
 
 
+class LazyEmbeddingTable(EmbeddingTable):
+    """An :class:`EmbeddingTable` of a verified folder, read from disk on first use of ``metadata`` or
+    ``embeddings`` (then kept); ``len`` and ``dim`` come from the manifest without reading.
+
+    :param manifest: the folder's verified, merged manifest. :param load: reads the folder into a table.
+    """
+
+    def __init__(self, manifest: dict[str, Any], load: Any) -> None:  # no dataclass __init__: nothing read yet
+        self.manifest = manifest
+        self._load = load
+        self._table: EmbeddingTable | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the shards have been read."""
+        return self._table is not None
+
+    def _get(self) -> EmbeddingTable:
+        if self._table is None:
+            self._table = self._load()
+        return self._table
+
+    @property  # type: ignore[override]
+    def metadata(self) -> pd.DataFrame:
+        return self._get().metadata
+
+    @property  # type: ignore[override]
+    def embeddings(self) -> np.ndarray:
+        return self._get().embeddings
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"]) if self.manifest.get("dim") is not None else self._get().dim
+
+    def __len__(self) -> int:
+        return int(self.manifest["rows"]) if self.manifest.get("rows") is not None else len(self._get())
+
+
 class EmbeddingWriter:
     """Write embeddings and their metadata as Parquet shards of at most ``shard_rows`` rows.
 
@@ -368,6 +406,7 @@ def read_embeddings(
     *,
     expected_fingerprint: str | None = None,
     expected_parts: dict[str, Any] | None = None,
+    lazy: bool = False,
 ) -> EmbeddingTable:
     """Read every shard of a complete embedding folder (sorted by name, any prefix), or one Parquet file.
 
@@ -378,14 +417,14 @@ def read_embeddings(
     :param columns: metadata columns to read (default: all).
     :param expected_fingerprint: refuse a folder whose fingerprint differs (the run's config changed).
     :param expected_parts: what ``expected_fingerprint`` was computed from (names the differences).
+    :param lazy: verify the folder now but read its shards only when ``metadata`` or ``embeddings`` is first
+        used (a :class:`LazyEmbeddingTable`; ``len`` and ``dim`` come from the manifest), so an evaluator that
+        streams the shards itself never holds the whole table.
     :return: the table; ``manifest`` holds the merged manifests of the folder (``{}`` for one file).
     :raises DataError: naming the folder or file when there are no shards, a shard is unreadable or
         lacks the ``embedding`` column, shards disagree on the dimension or columns, a manifest lists a
         missing shard, or a requested column does not exist.
     """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path_or_dir)
     shards = _shard_files(path)
@@ -395,6 +434,17 @@ def read_embeddings(
 
         manifest = verify_manifests(path, shards, expected_fingerprint=expected_fingerprint,
                                     expected_parts=expected_parts)
+        if lazy:
+            return LazyEmbeddingTable(manifest, lambda: _read_shards(path, shards, columns, manifest))
+    return _read_shards(path, shards, columns, manifest)
+
+
+def _read_shards(path: Path, shards: Sequence[Path], columns: Sequence[str] | None,
+                 manifest: dict[str, Any]) -> EmbeddingTable:
+    """Read ``shards`` (already checked against ``manifest``) into one table."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     row_counts: list[int] = []
     dim: int | None = None
