@@ -126,3 +126,6 @@ def test_per_channel_error_messages() -> None:
     for call in (lambda: lenient.check_channels(["er"]), lambda: lenient.block_names(["er"])):
         with pytest.raises(DataError, match=none_present):
             call()
+    plain = PerChannelConcat(PerChannelConcatConfig())
+    with pytest.raises(DataError, match=r"^none of the channels \[\] is present in the data \(\[\]\)$"):
+        plain.check_channels([])

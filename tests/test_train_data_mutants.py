@@ -143,8 +143,39 @@ def test_make_loader_follows_the_batches_and_seeds_its_generator() -> None:
     assert workers.persistent_workers is False
 
 
+def _reference_epoch(sizes: list[int], weights: list[float], length: int, seed: int, epoch: int) -> list[int]:
+    """The documented draw, written out: datasets by weight, then whole permutations of each, then seeds."""
+    rng = np.random.default_rng(derive_seed(seed, epoch, 0xDA7A))
+    p = np.asarray(weights, dtype=np.float64)
+    choice = rng.choice(len(sizes), size=length, p=p / p.sum())
+    out = np.zeros(length, dtype=np.int64)
+    offset = 0
+    for d, size in enumerate(sizes):
+        count = int((choice == d).sum())
+        if count:
+            n_perms = -(-count // size)
+            out[choice == d] = offset + np.concatenate([rng.permutation(size) for _ in range(n_perms)])[:count]
+        offset += size
+    return out.tolist() + rng.integers(0, 2**62, size=length, dtype=np.int64).tolist()
+
+
+def test_mixed_epoch_by_hand() -> None:
+    sizes, weights = [3, 4, 2], [2.0, 1.0, 1.0]
+    plan = BatchPlan(sizes, 4, seed=9, weights=weights, epoch_length=16)
+    indices, seeds = plan.epoch(1)
+    assert indices.tolist() + seeds.tolist() == _reference_epoch(sizes, weights, 16, 9, 1)
+
+
+def test_a_dataset_never_drawn_does_not_stop_the_others() -> None:
+    plan = BatchPlan([4, 4, 4], 3, seed=2, weights=[1.0, 1e-12, 1.0], epoch_length=12)
+    indices, _ = plan.epoch(0)
+    assert not ((indices >= 4) & (indices < 8)).any()
+    assert ((indices >= 8) & (indices < 12)).sum() > 0 and ((indices >= 0) & (indices < 4)).sum() > 0
+    assert indices.tolist() == _reference_epoch([4, 4, 4], [1.0, 1e-12, 1.0], 12, 2, 0)[:12]
+
+
 def test_seed_worker_seeds_python_and_numpy_from_torch() -> None:
-    torch.manual_seed(2**33 + 5)
+    torch.manual_seed(2**32 + 5)  # NumPy takes seeds below 2**32 only
     _seed_worker(0)
     got = (random.random(), np.random.random())
     random.seed(5)
