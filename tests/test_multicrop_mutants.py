@@ -136,3 +136,10 @@ def test_eval_transform_normalises_the_crop_by_name() -> None:
     stats = ChannelStats(mean={"a": 1.0, "b": 0.0}, std={"a": 1.0, "b": 2.0})
     out = EvalTransform(4, normalizer=DatasetNormalizer(stats, eps=0.0))(torch.full((2, 8, 8), 3.0), ["b", "a"])
     torch.testing.assert_close(out, torch.stack([torch.full((4, 4), 1.5), torch.full((4, 4), 2.0)]))
+
+
+def test_collate_of_one_image(jurkat: torch.Tensor) -> None:
+    views = MultiCropTransform(16, 8, n_global=2, n_local=3).sample_views(CellSample(jurkat, NAMES, 4), 0)
+    out = collate_multicrop([views])
+    assert out["global"].shape == (2, 3, 16, 16) and out["local"].shape == (3, 3, 8, 8)
+    assert torch.equal(out["global"][1], views["global"][1]) and torch.equal(out["index"], torch.tensor([4]))
