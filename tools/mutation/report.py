@@ -31,7 +31,7 @@ sources (the checkout is not touched), with one worker under `nice -n 10` and a 
 rewrites this page from the stored results (`tools/mutation/results/`). It is not part of CI.
 
     make mutants                                                    # every module, each within its budget
-    .venv/bin/python tools/mutation/run_mutants.py train/ema.py     # one module
+    .venv/bin/python tools/mutation/run_mutants.py objectives/ema.py     # one module
     .venv/bin/python tools/mutation/run_mutants.py --report-only    # rewrite this page
 
 Kill rate = (killed + timed out + crashed) / (mutants checked - equivalent). "No tests" mutants (no selected

@@ -17,7 +17,7 @@ survivor with its diff, marked equivalent when ``tools/mutation/equivalent.toml`
 Usage::
 
     python tools/mutation/run_mutants.py                       # every target, each within its budget
-    python tools/mutation/run_mutants.py train/ema.py          # one module
+    python tools/mutation/run_mutants.py objectives/ema.py          # one module
     python tools/mutation/run_mutants.py --report-only         # rewrite docs/mutation.md from stored results
     python tools/mutation/run_mutants.py --budget-scale 0.5    # half of every budget
 
