@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -239,30 +240,31 @@ class TableDataset(CellDataset):
                    if not path.resolve().is_relative_to(root)]
         if not outside:
             return
-        if self.config.on_corrupt == "skip":
-            self._drop([(i, f"{path} resolves outside data.root {root}") for i, path in outside], "outside data.root")
-            return
-        shown = "; ".join(f"{self._row(i)}: {path}" for i, path in outside[:5])
-        more = f" (and {len(outside) - 5} more)" if len(outside) > 5 else ""
-        raise DataError(
-            f"{len(outside)} image path(s) resolve outside data.root {root} (through '..' or a symlink): "
-            f"{shown}{more}. "
-            "Fix the table, or set data.allow_outside_root: true if those files are meant to be read."
-        )
+        self._skip_or_raise(
+            outside, lambda path: f"{path} resolves outside data.root {root}", "outside data.root",
+            f"{len(outside)} image path(s) resolve outside data.root {root} (through '..' or a symlink)",
+            "Fix the table, or set data.allow_outside_root: true if those files are meant to be read.")
 
     def _check_exist(self) -> None:
         missing = self.missing_files()
         if not missing:
             return
+        self._skip_or_raise(missing, lambda path: f"file not found: {path}", "missing files",
+                            f"{len(missing)} image file(s) not found",
+                            f"Relative paths are resolved against {self.root} (data.root).")
+
+    def _skip_or_raise(self, bad: list[tuple[int, Path]], reason: Callable[[Path], str], what: str, summary: str,
+                       remedy: str) -> None:
+        """Drop the samples of ``bad`` (index, path) with ``on_corrupt: skip``, else one error naming their rows.
+
+        :raises DataError: ``"<summary>: <row>: <path>; ... (and N more). <remedy>"``.
+        """
         if self.config.on_corrupt == "skip":
-            self._drop([(i, f"file not found: {path}") for i, path in missing], "missing files")
+            self._drop([(i, reason(path)) for i, path in bad], what)
             return
-        shown = "; ".join(f"{self._row(i)}: {path}" for i, path in missing[:5])
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DataError(
-            f"{len(missing)} image file(s) not found: {shown}{more}. Relative paths are resolved against "
-            f"{self.root} (data.root)."
-        )
+        shown = "; ".join(f"{self._row(i)}: {path}" for i, path in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(f"{summary}: {shown}{more}. {remedy}")
 
     def _drop(self, bad: list[tuple[int, str]], what: str) -> None:
         """Remove the samples ``bad`` (index, reason) and record them in :attr:`skipped` (``on_corrupt: skip``).

@@ -116,6 +116,22 @@ class CrossValidationConfig(LabelSettings):
                 raise ValueError(str(exc)) from None
 
 
+def group_values(metadata: pd.DataFrame, column: str, key: str) -> np.ndarray:
+    """The groups of grouped folds: ``metadata[column]`` as strings.
+
+    :param key: the evaluator's config key, for messages (``<key>.group_column``).
+    :raises DataError: when the column is missing or has missing values.
+    """
+    if column not in metadata.columns:
+        raise DataError(f"group column '{column}' (config key '{key}.group_column') is not in the embedding "
+                        f"metadata; available columns: {list(metadata.columns)}")
+    values = metadata[column]
+    if values.isna().any():
+        raise DataError(f"group column '{column}' has {int(values.isna().sum())} missing values; fill them or drop "
+                        "those rows")
+    return values.astype(str).to_numpy()
+
+
 def fold_assignment(
     n: int, folds: int, *, labels: np.ndarray | None = None, groups: np.ndarray | None = None, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -175,16 +191,7 @@ class CrossValidationEvaluator(Evaluator):
 
     def _folds(self, metadata: pd.DataFrame, labels: EvalLabels) -> list[tuple[np.ndarray, np.ndarray]]:
         cfg = self.config
-        groups = None
-        if cfg.group_column:
-            if cfg.group_column not in metadata.columns:
-                raise DataError(f"group column '{cfg.group_column}' (config key '{self.name}.group_column') is not "
-                                f"in the embedding metadata; available columns: {list(metadata.columns)}")
-            column = metadata[cfg.group_column]
-            if column.isna().any():
-                raise DataError(f"group column '{cfg.group_column}' has {int(column.isna().sum())} missing values; "
-                                "fill them or drop those rows")
-            groups = column.astype(str).to_numpy()
+        groups = group_values(metadata, cfg.group_column, self.name) if cfg.group_column else None
         stratify = labels.values if cfg.stratify and not labels.multilabel else None
         return fold_assignment(len(metadata), cfg.folds, labels=stratify, groups=groups, seed=cfg.seed)
 

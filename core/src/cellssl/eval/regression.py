@@ -158,19 +158,10 @@ class RegressionEvaluator(Evaluator):
         return out
 
     def _folds(self, metadata: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
-        from cellssl.eval.cross_validation import fold_assignment
+        from cellssl.eval.cross_validation import fold_assignment, group_values
 
         cfg = self.config
-        groups = None
-        if cfg.group_column:
-            if cfg.group_column not in metadata.columns:
-                raise DataError(f"group column '{cfg.group_column}' (config key '{self.name}.group_column') is not "
-                                f"in the embedding metadata; available columns: {list(metadata.columns)}")
-            column = metadata[cfg.group_column]
-            if column.isna().any():
-                raise DataError(f"group column '{cfg.group_column}' has {int(column.isna().sum())} missing values; "
-                                "fill them or drop those rows")
-            groups = column.astype(str).to_numpy()
+        groups = group_values(metadata, cfg.group_column, self.name) if cfg.group_column else None
         return fold_assignment(len(metadata), cfg.folds, groups=groups, seed=cfg.seed)
 
     def evaluate(self, table: EmbeddingTable, context: EvalContext) -> dict[str, Any]:
