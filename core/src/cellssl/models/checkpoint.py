@@ -62,7 +62,7 @@ def _is_state_dict(obj: Mapping[str, Any]) -> bool:
     return any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_tensors(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Tensors of nested mappings keyed by their dotted path (``{"a": {"b": t}}`` -> ``{"a.b": t}``)."""
     out: dict[str, Any] = {}
     for key, value in obj.items():
@@ -70,7 +70,7 @@ def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, torch.Tensor):
             out[path] = value
         elif isinstance(value, Mapping):
-            out.update(_flatten(value, f"{path}."))
+            out.update(flatten_tensors(value, f"{path}."))
     return out
 
 
@@ -87,7 +87,7 @@ def _select_nested_prefix(obj: Any, key_prefix: str) -> dict[str, Any]:
     """Tensors whose full dotted path starts with ``key_prefix`` (literally, else ignoring ``module.``)."""
     if not isinstance(obj, Mapping):
         return {}
-    flat = _flatten(obj)
+    flat = flatten_tensors(obj)
     selected = _select_prefix(flat, key_prefix)
     if selected:
         return selected
@@ -138,7 +138,7 @@ def extract_state_dict(obj: Any, *, key_prefix: str | None = None, source: str =
     if key_prefix is not None:
         selected = _select_prefix(state, key_prefix)
         if not selected:
-            paths = sorted(_flatten(original)) if isinstance(original, Mapping) else sorted(state)
+            paths = sorted(flatten_tensors(original)) if isinstance(original, Mapping) else sorted(state)
             raise CheckpointError(
                 f"{source}: no key starts with key_prefix {key_prefix!r}; keys look like {_first(paths)}. "
                 "Set key_prefix to the part of these keys before the backbone's own names (ending with '.')"

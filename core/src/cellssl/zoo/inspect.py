@@ -112,18 +112,11 @@ class Inspection:
         return "\n".join(lines)
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    import torch
+def _flat(obj: Any) -> dict[str, Any]:
+    """Tensors of nested mappings by dotted path (:func:`cellssl.models.checkpoint.flatten_tensors`)."""
+    from cellssl.models.checkpoint import flatten_tensors
 
-    out: dict[str, Any] = {}
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            path = f"{prefix}{key}"
-            if isinstance(value, torch.Tensor):
-                out[path] = value
-            elif isinstance(value, Mapping):
-                out.update(_flat(value, f"{path}."))
-    return out
+    return flatten_tensors(obj) if isinstance(obj, Mapping) else {}
 
 
 def _candidates(flat: Mapping[str, Any]) -> list[str]:
