@@ -237,7 +237,7 @@ def check_ddp(sizes: Sizes, device: torch.device) -> Row:
 
 
 def check_knn(sizes: Sizes, device: torch.device) -> Row:
-    from cellssl.eval.knn_index import KNNIndexConfig, build_index, search
+    from cellssl.eval.engines.knn_index import KNNIndexConfig, build_index, search
 
     rng = np.random.default_rng(0)
     train = rng.standard_normal((sizes.knn_rows, sizes.knn_dim), dtype=np.float32)

@@ -92,7 +92,7 @@ def main() -> None:
     from jump_fixture import BATCH, CHANNELS, PLATES, build_jump_source, illumination
 
     from cellssl.channels.bag import BagOfChannels, BagOfChannelsConfig
-    from cellssl.eval.embeddings import EmbeddingWriter
+    from cellssl.embed.store import EmbeddingWriter
     from cellssl.models.vit import ViTConfig, build_vit
     from cellssl_jumpcp.cells import crop_window, inside
     from cellssl_jumpcp.nuclei import find_nuclei

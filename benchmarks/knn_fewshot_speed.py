@@ -38,10 +38,10 @@ def main() -> None:
     import faiss
     import pandas as pd
 
+    from cellssl.embed.store import EmbeddingTable
     from cellssl.eval.base import EvalContext
-    from cellssl.eval.embeddings import EmbeddingTable
-    from cellssl.eval.knn import available_cpus
-    from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
+    from cellssl.eval.engines.knn import available_cpus
+    from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator
 
     rng = np.random.default_rng(args.seed)
     n = args.n_train + args.n_test

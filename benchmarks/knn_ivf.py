@@ -1,4 +1,4 @@
-"""faiss kNN: exact (flat) vs IVF search, time, memory and recall@k (cellssl.eval.knn_index).
+"""faiss kNN: exact (flat) vs IVF search, time, memory and recall@k (cellssl.eval.engines.knn_index).
 
 Data: ``--train`` x ``--dim`` training rows and ``--queries`` test rows drawn from a mixture of ``--clusters``
 Gaussian clusters (embeddings of cells are clustered; on structureless Gaussian noise any IVF index has poor
@@ -46,8 +46,8 @@ def index_bytes(built: object) -> int:
 
 
 def main() -> None:
-    from cellssl.eval.knn import faiss_threads
-    from cellssl.eval.knn_index import KNNIndexConfig, build_index, recall_at_k, search
+    from cellssl.eval.engines.knn import faiss_threads
+    from cellssl.eval.engines.knn_index import KNNIndexConfig, build_index, recall_at_k, search
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=1_000_000)

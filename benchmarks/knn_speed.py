@@ -85,7 +85,7 @@ def main() -> None:
     from sklearn.neighbors import NearestNeighbors
     from threadpoolctl import threadpool_limits
 
-    from cellssl.eval.knn import available_cpus, faiss_threads, knn_search
+    from cellssl.eval.engines.knn import available_cpus, faiss_threads, knn_search
 
     threads = args.threads or available_cpus()
     rng = np.random.default_rng(args.seed)

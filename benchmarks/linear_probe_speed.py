@@ -55,7 +55,7 @@ def main() -> None:
 
     import torch
 
-    from cellssl.eval.linear import DEFAULT_LEARNING_RATES, DEFAULT_WEIGHT_DECAYS, fit_linear_probe
+    from cellssl.eval.engines.linear_probe import DEFAULT_LEARNING_RATES, DEFAULT_WEIGHT_DECAYS, fit_linear_probe
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -77,7 +77,7 @@ def knn_f1(features: np.ndarray, labels: np.ndarray, k: int = 20, folds: int = 5
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold
 
-    from cellssl.eval.knn import knn_classify
+    from cellssl.eval.engines.knn import knn_classify
 
     scores = []
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from cellssl.cli import main
+from cellssl.embed.store import read_embeddings
 from cellssl.errors import ConfigError, UnknownNameError
-from cellssl.eval.embeddings import read_embeddings
 from cellssl.zoo.benchmark import load_suite, resolve_model
 
 TINY_VIT = {"name": "vit_tiny", "patch_size": 8, "img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2,

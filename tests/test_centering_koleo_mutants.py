@@ -143,3 +143,23 @@ def test_koleo_under_bf16_autocast_matches_float64_with_close_neighbours() -> No
         under_autocast = KoLeoLoss()(features)
     assert plain.item() == pytest.approx(expected, rel=1e-5)
     assert under_autocast.dtype == torch.float32 and under_autocast.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_koleo_searches_the_nearest_neighbour_in_float32_whatever_the_autocast_state() -> None:
+    # sample 0's three neighbours (angles 0.05, -0.03, 0.06) have cosines 0.99875, 0.99955, 0.9982: all round
+    # to 1.0 in bf16 (spacing 2**-8 below 1), so a bf16 similarity ties them and argmax takes the first or the
+    # last, never the true nearest (index 2) in the middle. first_of_tie is the loss CPU argmax gives then.
+    angles = np.array([0.0, 0.05, -0.03, 0.06, 2.0, 3.5])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    expected = -np.log(d.min(axis=1)).mean()
+    first_of_tie = -np.log(np.array([d[0, 1], d[1, 0], d[2, 0], d[3, 0], d[4, 5], d[5, 4]])).mean()
+    assert expected - first_of_tie > 0.5  # what a bf16 neighbour search gives: far outside the tolerance below
+    features = torch.tensor(x, dtype=torch.float32)
+    plain = KoLeoLoss()(features)
+    assert plain.dtype == torch.float32 and plain.item() == pytest.approx(expected, rel=1e-5)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            under_autocast = KoLeoLoss()(features)
+        assert under_autocast.dtype == torch.float32 and under_autocast.item() == pytest.approx(expected, rel=1e-5)

@@ -13,6 +13,7 @@ from torch import nn
 from cellssl.channels.bag import BagOfChannelsConfig, build_bag_of_channels
 from cellssl.config.validate import build_component
 from cellssl.data.dataset import CellDataset
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError
 from cellssl.eval.base import EvalContext
 from cellssl.eval.channel_attribution import (
@@ -20,9 +21,8 @@ from cellssl.eval.channel_attribution import (
     ChannelAttributionEvaluator,
     block_layout,
 )
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.knn import knn_classify
-from cellssl.eval.metrics import multiclass_metrics
+from cellssl.eval.engines.knn import knn_classify
+from cellssl.eval.engines.metrics import multiclass_metrics
 from cellssl.report.results import schema_problems
 
 CHANNELS = ["dna", "rna", "er"]
@@ -65,7 +65,7 @@ def test_block_scores_are_the_knn_scores_of_the_block(tmp_path: Path) -> None:
     table = _table()
     result = ChannelAttributionEvaluator(_config()).evaluate(table, EvalContext(run_dir=tmp_path))
     # recompute "rna alone" independently with the same split
-    from cellssl.eval.splits import SplitConfig, make_split
+    from cellssl.eval.engines.splits import SplitConfig, make_split
 
     codes, names = pd.factorize(table.metadata["phase"], sort=True)
     train, test = make_split(table.metadata, SplitConfig(mode="fraction", test_fraction=0.3, seed=0), codes)

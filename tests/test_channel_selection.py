@@ -11,8 +11,8 @@ import tifffile
 
 from cellssl.cli import main
 from cellssl.config.compose import load_run_config
+from cellssl.embed.store import read_embeddings
 from cellssl.errors import ConfigError
-from cellssl.eval.embeddings import read_embeddings
 from cellssl.pipeline import build_dataset
 
 

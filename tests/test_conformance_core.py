@@ -225,8 +225,8 @@ class TestKNNContract(_OnIntensities):
     expected_metrics = ("k1_macro_f1", "k3_macro_f1")
 
     def make_evaluator(self) -> Evaluator:
-        from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
-        from cellssl.eval.splits import SplitConfig
+        from cellssl.eval.engines.splits import SplitConfig
+        from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator
 
         config = KNNEvaluatorConfig(label_column="phase", ks=[1, 3],
                                     split=SplitConfig(mode="fraction", test_fraction=0.5, seed=0))
@@ -235,9 +235,9 @@ class TestKNNContract(_OnIntensities):
 
 class TestLinearContract(_OnIntensities):
     def make_evaluator(self) -> Evaluator:
+        from cellssl.eval.engines.splits import SplitConfig
+        from cellssl.eval.linear import build_linear_evaluator
         from cellssl.eval.linear_config import LinearEvaluatorConfig
-        from cellssl.eval.linear_evaluator import build_linear_evaluator
-        from cellssl.eval.splits import SplitConfig
 
         config = LinearEvaluatorConfig(label_column="phase", split=SplitConfig(mode="fraction", test_fraction=0.5),
                                        learning_rates=[0.1], weight_decays=[0.0], epochs=2, min_steps=20)

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, precision_score, recall_score
 
 from cellssl.config.validate import validate_block
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext
 from cellssl.eval.classifier import FoldOutput, classification_scores, format_mean_std, mean_std
@@ -19,7 +20,6 @@ from cellssl.eval.cross_validation import (
     build_cross_validation,
     fold_assignment,
 )
-from cellssl.eval.embeddings import EmbeddingTable
 from cellssl.report.results import schema_problems
 
 

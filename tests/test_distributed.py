@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cellssl.config.compose import load_run_config
-from cellssl.eval.embeddings import read_embeddings
+from cellssl.embed.store import read_embeddings
 from cellssl.pipeline import embed_stage, start_run
 from cellssl.train.checkpointing import load_checkpoint
 from cellssl.train.stage import train_run

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cellssl.cli import main
-from cellssl.eval.embeddings import read_embeddings
+from cellssl.embed.store import read_embeddings
 
 
 def _embed_config(runs: SimpleNamespace, out: str, **embed: object) -> Path:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from cellssl.config.compose import load_run_config
-from cellssl.eval.embeddings import read_embeddings
+from cellssl.embed.store import read_embeddings
 from cellssl.pipeline import execute, run_embedder
 from cellssl.plan.checks import plan_dataset
 

@@ -1,4 +1,4 @@
-"""Sharded Parquet embedding tables: cellssl.eval.embeddings."""
+"""Sharded Parquet embedding tables: cellssl.embed.store."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellssl.embed.store import EmbeddingWriter, read_embeddings
 from cellssl.errors import DataError
-from cellssl.eval.embeddings import EmbeddingWriter, read_embeddings
 
 
 def _batch(start: int, n: int, dim: int = 4) -> tuple[pd.DataFrame, np.ndarray]:

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from cellssl.channels.bag import BagOfChannelsConfig, build_bag_of_channels
 from cellssl.config.schema import EmbedSection
 from cellssl.config.validate import validate_block
+from cellssl.embed.store import read_embeddings
 from cellssl.errors import ConfigError
-from cellssl.eval.embeddings import read_embeddings
 from cellssl.models.features import FeatureExtractor
 from cellssl.models.resnet import ResNetConfig, build_resnet
 from cellssl.models.vit import ViTConfig, build_vit

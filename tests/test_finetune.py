@@ -40,7 +40,7 @@ def _tensors(path: Path) -> dict[str, Any]:
 
 
 def test_head_only_selects_on_rows_carved_from_train_and_reads_test_labels_once(runs: SimpleNamespace) -> None:
-    from cellssl.eval.linear import carve_validation
+    from cellssl.eval.engines.linear_probe import carve_validation
     from cellssl.finetune.config import FinetuneSection
     from cellssl.finetune.data import finetune_rows
 

@@ -1,4 +1,4 @@
-"""faiss kNN classification (cellssl.eval.knn) and the ``knn`` evaluator (cellssl.eval.knn_evaluator)."""
+"""faiss kNN classification (cellssl.eval.engines.knn) and the ``knn`` evaluator (cellssl.eval.knn)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from cellssl.embed.store import EmbeddingTable, EmbeddingWriter, read_embeddings
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext, write_result_json
-from cellssl.eval.embeddings import EmbeddingTable, EmbeddingWriter, read_embeddings
-from cellssl.eval.knn import knn_classify, knn_evaluate, knn_search
-from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
-from cellssl.eval.splits import SplitConfig
+from cellssl.eval.engines.knn import knn_classify, knn_evaluate, knn_search
+from cellssl.eval.engines.splits import SplitConfig
+from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator
 
 # Four 2-D training points and one query, small enough to check by hand.
 TRAIN_X = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)

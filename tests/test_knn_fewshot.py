@@ -1,4 +1,4 @@
-"""Few-shot kNN and the results table of the ``knn`` evaluator (cellssl.eval.knn_evaluator)."""
+"""Few-shot kNN and the results table of the ``knn`` evaluator (cellssl.eval.knn)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from sklearn.metrics import f1_score
 
 from cellssl.config.validate import validate_block
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.knn import knn_classify
-from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator, draw_few_shot
+from cellssl.eval.engines.knn import knn_classify
+from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator, draw_few_shot
 from cellssl.report.results import schema_problems
 
 

@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.knn import knn_classify, knn_search
-from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
-from cellssl.eval.knn_index import (
+from cellssl.eval.engines.knn import knn_classify, knn_search
+from cellssl.eval.engines.knn_index import (
     KNNIndexConfig,
     build_index,
     default_nlist,
@@ -23,6 +22,7 @@ from cellssl.eval.knn_index import (
     search,
     use_gpu,
 )
+from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator
 
 
 def _clustered(n: int, dim: int = 16, centres: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Linear probe (cellssl.eval.linear) and the ``linear`` evaluator (cellssl.eval.linear_evaluator)."""
+"""Linear probe (cellssl.eval.engines.linear_probe) and the ``linear`` evaluator (cellssl.eval.linear)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext
 from cellssl.eval.classifier import classification_scores
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.linear import ChosenHead, LinearProbe, carve_validation, fit_linear_probe
-from cellssl.eval.linear_evaluator import LinearEvaluatorConfig, build_linear_evaluator
-from cellssl.eval.linear_heads import loss_weights
-from cellssl.eval.metrics import multilabel_metrics
-from cellssl.eval.splits import SplitConfig
+from cellssl.eval.engines.linear_heads import loss_weights
+from cellssl.eval.engines.linear_probe import ChosenHead, LinearProbe, carve_validation, fit_linear_probe
+from cellssl.eval.engines.metrics import multilabel_metrics
+from cellssl.eval.engines.splits import SplitConfig
+from cellssl.eval.linear import LinearEvaluatorConfig, build_linear_evaluator
 from cellssl.report.results import schema_problems
 
 

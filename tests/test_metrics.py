@@ -1,4 +1,4 @@
-"""Classification metrics (cellssl.eval.metrics) against scikit-learn and hand computations."""
+"""Classification metrics (cellssl.eval.engines.metrics) against scikit-learn and hand computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
 
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.engines.metrics import multiclass_metrics, multilabel_metrics
 
 
 def test_multiclass_matches_sklearn() -> None:

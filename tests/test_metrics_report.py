@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.engines.metrics import multiclass_metrics, multilabel_metrics
 
 
 def _same(got: object, want: object, where: str = "report") -> None:

@@ -19,15 +19,15 @@ import pandas as pd
 import pytest
 
 import cellssl.eval.cross_validation as cv_module
-import cellssl.eval.knn as knn_module
-import cellssl.eval.knn_evaluator as knn_evaluator_module
-import cellssl.eval.linear_evaluator as linear_module
+import cellssl.eval.engines.knn as knn_module
+import cellssl.eval.knn as knn_evaluator_module
+import cellssl.eval.linear as linear_module
+from cellssl.embed.store import EmbeddingTable
 from cellssl.eval.base import EvalContext
 from cellssl.eval.cross_validation import CrossValidationConfig, build_cross_validation, fold_assignment
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
-from cellssl.eval.linear_evaluator import LinearEvaluatorConfig, build_linear_evaluator
-from cellssl.eval.splits import SplitConfig
+from cellssl.eval.engines.splits import SplitConfig
+from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator
+from cellssl.eval.linear import LinearEvaluatorConfig, build_linear_evaluator
 
 N = 240
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.nsc import NSCConfig, NSCEvaluator, not_same_nn_accuracy
+from cellssl.eval.nsc_nscb import NSCConfig, NSCEvaluator, not_same_nn_accuracy
 from cellssl.report.results import schema_problems
 
 # Profiles on the unit circle; cosine similarity ranks by angular distance (degrees).

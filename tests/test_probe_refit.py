@@ -15,7 +15,7 @@ import pytest
 import tifffile
 import torch
 
-from cellssl.eval.linear import LinearProbe, carve_validation, fit_linear_probe
+from cellssl.eval.engines.linear_probe import LinearProbe, carve_validation, fit_linear_probe
 
 PHASES = ["G1", "S_phase", "G2", "Prophase"]
 GRID = {"learning_rates": [0.1, 1.0, 10.0], "weight_decays": [0.0, 1e-3], "epochs": 5, "min_steps": 60,

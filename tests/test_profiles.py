@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 
 from cellssl.errors import DataError
-from cellssl.eval.profiles import (
+from cellssl.eval.engines.profiles import (
     COUNT_COLUMN,
     MAD_TO_STD,
     ProfileConfig,

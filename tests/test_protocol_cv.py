@@ -21,9 +21,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
+from cellssl.embed.store import EmbeddingTable
 from cellssl.eval.base import EvalContext
 from cellssl.eval.cross_validation import CrossValidationConfig, CrossValidationEvaluator
-from cellssl.eval.embeddings import EmbeddingTable
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_logistic_regression_standalone_equals_scikit_learn(blood, tmp_path) -> 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from cellssl.eval.logistic import LogisticRegressionConfig, LogisticRegressionEvaluator
-    from cellssl.eval.splits import SplitConfig, make_split
+    from cellssl.eval.engines.splits import SplitConfig, make_split
+    from cellssl.eval.logistic_regression import LogisticRegressionConfig, LogisticRegressionEvaluator
 
     x, frame = blood
     split = {"mode": "fraction", "test_fraction": 0.3, "seed": 3}
@@ -143,7 +143,7 @@ def test_logistic_regression_standalone_equals_scikit_learn(blood, tmp_path) -> 
 def test_logistic_regression_multilabel_and_errors(blood, tmp_path) -> None:
     """Multi-label labels: one binary regression per label, as ``OneVsRestClassifier`` on the indicator matrix."""
     from cellssl.errors import DataError
-    from cellssl.eval.logistic import LogisticRegressionConfig, LogisticRegressionEvaluator
+    from cellssl.eval.logistic_regression import LogisticRegressionConfig, LogisticRegressionEvaluator
 
     x, frame = blood
     flags = frame.assign(white=frame["label"] == "WBC", not_red=frame["label"] != "RBC")
@@ -152,7 +152,7 @@ def test_logistic_regression_multilabel_and_errors(blood, tmp_path) -> None:
     evaluator = LogisticRegressionEvaluator(config)
     result = evaluator.evaluate(EmbeddingTable(metadata=flags, embeddings=x), EvalContext(run_dir=tmp_path))
     truth = flags[["white", "not_red"]].to_numpy().astype(int)
-    from cellssl.eval.splits import make_split
+    from cellssl.eval.engines.splits import make_split
 
     train, test = make_split(flags, config.split, None)
     expected = OneVsRestClassifier(LogisticRegression()).fit(x[train].astype(np.float64), truth[train])

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.engines.metrics import multiclass_metrics, multilabel_metrics
 
 with warnings.catch_warnings():  # torchmetrics 0.10.3 is a dev extra (`make install` installs it)
     warnings.simplefilter("ignore")  # pkg_resources' deprecation notice on import

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import pairwise_distances
 
+from cellssl.embed.store import EmbeddingTable
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.nsc import NSCConfig, NSCEvaluator, not_same_nn_accuracy
+from cellssl.eval.nsc_nscb import NSCConfig, NSCEvaluator, not_same_nn_accuracy
 
 
 def unidino_nn(x: np.ndarray, y: np.ndarray, excluded: np.ndarray) -> np.ndarray:

@@ -23,9 +23,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cellssl.config.validate import validate_block
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
 from cellssl.eval.regression import build_regression
 from cellssl.eval.regression_config import RegressionConfig
 from cellssl.eval.regression_targets import image_statistic

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from cellssl.cli import main
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext, write_result_json
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.knn_evaluator import KNNEvaluatorConfig, build_knn_evaluator
-from cellssl.eval.linear_evaluator import LinearEvaluatorConfig, build_linear_evaluator
+from cellssl.eval.knn import KNNEvaluatorConfig, build_knn_evaluator
+from cellssl.eval.linear import LinearEvaluatorConfig, build_linear_evaluator
 from cellssl.report import compare_runs, comparison_text, load_results, schema_problems, write_comparison, write_report
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cellssl.config.validate import build_component
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
-from cellssl.eval.average_precision import average_precisions, group_map_pvalues, null_average_precision
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
+from cellssl.eval.engines.average_precision import average_precisions, group_map_pvalues, null_average_precision
 from cellssl.eval.retrieval_map import RetrievalMAPConfig, RetrievalMAPEvaluator
 from cellssl.report.results import schema_problems
 

@@ -1,4 +1,4 @@
-"""Train/test splits of embedding metadata: cellssl.eval.splits."""
+"""Train/test splits of embedding metadata: cellssl.eval.engines.splits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cellssl.errors import ConfigError, DataError
-from cellssl.eval.splits import SplitConfig, make_split
+from cellssl.eval.engines.splits import SplitConfig, make_split
 
 
 def _metadata(n: int = 200) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Edges of cellssl.eval.splits that mutation testing found unpinned: boundaries, messages, sort order.
+"""Edges of cellssl.eval.engines.splits that mutation testing found unpinned: boundaries, messages, sort order.
 
 Expected splits are computed independently (scikit-learn's ``train_test_split`` for ``fraction``, NumPy's
 seeded permutation over the sorted group values for ``group``) and compared row for row.
@@ -12,7 +12,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from cellssl.errors import ConfigError, DataError
-from cellssl.eval.splits import SplitConfig, _check_sides, make_split
+from cellssl.eval.engines.splits import SplitConfig, _check_sides, make_split
 
 
 def _rows(n: int) -> pd.DataFrame:

@@ -14,11 +14,11 @@ from cellssl.channels.fixed import FixedChannelsConfig, build_fixed
 from cellssl.data.normalize import IdentityNormalizer
 from cellssl.data.preprocess import EvalPreprocess
 from cellssl.data.table import TableDatasetConfig, build_table_dataset
+from cellssl.embed.store import EmbeddingTable
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.attention_maps import AttentionMapsConfig, AttentionMapsEvaluator
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
-from cellssl.eval.umap_plot import UMAPConfig, UMAPEvaluator, umap_2d
+from cellssl.eval.umap import UMAPConfig, UMAPEvaluator, umap_2d
 from cellssl.models.resnet import ResNetConfig, build_resnet
 from cellssl.models.vit import ViTConfig, build_vit
 from cellssl.report.results import schema_problems

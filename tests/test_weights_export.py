@@ -72,7 +72,7 @@ def test_export_writes_safetensors_card_and_readme(tmp_path: Path, capsys: pytes
 
 
 def test_exported_safetensors_embed_identically(runs: SimpleNamespace) -> None:
-    from cellssl.eval.embeddings import read_embeddings
+    from cellssl.embed.store import read_embeddings
 
     run, _ = _run_dir(runs.tmp)
     out = runs.tmp / "exported"

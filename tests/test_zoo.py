@@ -134,7 +134,7 @@ def test_fixed_card_refuses_data_without_its_channels(zoo: SimpleNamespace, runs
 
 
 def test_model_name_embeds_end_to_end_like_the_explicit_config(zoo: SimpleNamespace, runs: SimpleNamespace) -> None:
-    from cellssl.eval.embeddings import read_embeddings
+    from cellssl.embed.store import read_embeddings
 
     path, _ = _place_weights(zoo.cards["tiny_jurkat"])
     base = {k: v for k, v in runs.config(per_class=3).items() if k not in ("backbone", "channels", "normalize")}

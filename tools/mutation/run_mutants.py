@@ -56,6 +56,28 @@ markers = ["slow: takes more than ~20 s on a 2-core CPU", "gpu: needs a CUDA dev
 filterwarnings = ["ignore::DeprecationWarning:pyarrow.*"]
 """
 
+# The workspace's root conftest. Python processes a test starts (the torch.distributed ranks of the two-process
+# tests) must import the mutated copy that the test process imports, not the installed sources: its directory
+# goes first on their PYTHONPATH, and mutmut's MUTANT_UNDER_TEST reaches them through the environment. Not
+# while mutmut maps tests to functions ("stats"): a rank would record its calls in its own process, where
+# they are lost, and mutmut's recorder reads its configuration from the rank's working directory.
+SUBPROCESS_CONFTEST = '''"""Written by tools/mutation/run_mutants.py: test subprocesses import the mutated sources."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+_MUTATED_SRC = str(Path(importlib.util.find_spec("cellssl").origin).parents[1])
+
+
+@pytest.fixture(autouse=True)
+def _subprocesses_import_the_mutated_copy(monkeypatch):
+    if os.environ.get("MUTANT_UNDER_TEST", "") not in ("", "stats"):
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (_MUTATED_SRC, os.environ.get("PYTHONPATH")) if p))
+'''
+
 logger = logging.getLogger("mutants")
 
 
@@ -103,10 +125,12 @@ def prepare_workspace(target: Target, workdir: Path) -> Path:
     (ws / "tests").mkdir(parents=True)
     for test in ["tests/conftest.py", *target.tests]:
         shutil.copy2(REPO / test, ws / "tests" / Path(test).name)
+    (ws / "conftest.py").write_text(SUBPROCESS_CONFTEST)
     selection = json.dumps([f"tests/{Path(t).name}" for t in target.tests])
     (ws / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
         'source_paths = ["src"]\n'
+        'also_copy = ["conftest.py"]\n'
         f'only_mutate = ["src/cellssl/{target.module}"]\n'
         f"pytest_add_cli_args_test_selection = {selection}\n"
         'pytest_add_cli_args = ["-x", "-q"]\n'

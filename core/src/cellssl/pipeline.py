@@ -275,7 +275,7 @@ def run_embedder(run: Run) -> Any:
 def embed_stage(run: Run) -> Path:
     """Embed the dataset into ``run_dir/embeddings`` (resuming a killed export) and return that folder."""
     from cellssl.distributed import get_rank, get_world_size
-    from cellssl.eval.distributed_embed import clear_embedding_dir, embedding_share, finish_embedding
+    from cellssl.embed.distributed import clear_embedding_dir, embedding_share, finish_embedding
 
     plan = run.require_plan()
     dataset = plan_dataset(plan)
@@ -351,8 +351,8 @@ def _cached_embedder(run: Run) -> Callable[[], Any] | None:
 def eval_stage(run: Run) -> list[dict[str, Any]]:
     """Run every evaluator of ``eval:`` on the run's (complete, current) embeddings; write ``eval/<name>.json``."""
     from cellssl.distributed import is_main_process
+    from cellssl.embed.store import read_embeddings
     from cellssl.eval.base import EvalContext
-    from cellssl.eval.embeddings import read_embeddings
 
     if not is_main_process():  # evaluation reads every rank's shards, once, on rank 0
         return []

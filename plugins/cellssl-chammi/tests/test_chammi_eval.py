@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from cellssl.cli import main
-from cellssl.eval.embeddings import read_embeddings
+from cellssl.embed.store import read_embeddings
 from cellssl.models.vit import ViTConfig, build_vit
 from cellssl_chammi.config import ChammiSubsetConfig
 from cellssl_chammi.dataset import build_chammi_dataset

@@ -23,8 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import f1_score
 
+from cellssl.embed.store import EmbeddingTable
 from cellssl.eval.base import EvalContext
-from cellssl.eval.embeddings import EmbeddingTable
 from cellssl_chammi.config import ChammiEvaluatorConfig
 from cellssl_chammi.evaluator import ChammiEvaluator
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from cellssl.cli import main
-from cellssl.eval.embeddings import read_embeddings
+from cellssl.embed.store import read_embeddings
 from cellssl.models.checkpoint import load_backbone_weights
 from cellssl.models.vit import ViTConfig, build_vit
 

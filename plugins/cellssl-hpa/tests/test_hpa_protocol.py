@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from cellssl.cli import main
-from cellssl.eval.embeddings import read_embeddings
+from cellssl.embed.store import read_embeddings
 from cellssl_hpa.classes import FOV_CELL_LINES, FOV_CLASSES, SINGLE_CELL_CLASSES, SINGLE_CELL_LINES
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellssl.embed.store import EmbeddingWriter, read_embeddings
 from cellssl.errors import DataError
-from cellssl.eval.embeddings import EmbeddingWriter, read_embeddings
 from cellssl_jumpcp.profiles import iter_plates, well_profiles
 
 ROWS, DIM, WELLS = 2000, 128, 20

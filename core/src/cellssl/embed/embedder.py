@@ -50,7 +50,7 @@ class Embedder:
         :param precision: override the embedder's precision for this call.
         :raises cellssl.errors.DataError: if the channels do not fit the strategy.
         """
-        from cellssl.eval.export import autocast_context
+        from cellssl.embed.export import autocast_context
 
         with autocast_context(self.device, precision or self.precision):
             out = self.strategy.embed(self.backbone, images.to(self.device), tuple(channel_names))
@@ -70,9 +70,9 @@ class Embedder:
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def export(self, dataset: Any, out_dir: str | Path, **writer: Any) -> Path:
-        """Write the embeddings of ``dataset`` as a sharded set (see :func:`cellssl.eval.export.export_embeddings`
+        """Write the embeddings of ``dataset`` as a sharded set (see :func:`cellssl.embed.export.export_embeddings`
         for ``writer``: ``shard_rows``, ``indices``, ``shard_prefix``, ``fingerprint``, ``manifest_info``, ...)."""
-        from cellssl.eval.export import export_embeddings
+        from cellssl.embed.export import export_embeddings
 
         return export_embeddings(dataset, self.strategy, self.backbone, out_dir, preprocess=self.preprocess,
                                  batch_size=self.batch_size, num_workers=self.num_workers, precision=self.precision,

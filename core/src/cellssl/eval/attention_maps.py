@@ -35,12 +35,12 @@ import torch
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.attention_maps_config import AttentionMapsConfig
 from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
-from cellssl.eval.figures import display_range, new_figure, relative_to, save_png
+from cellssl.eval.engines.figures import display_range, new_figure, relative_to, save_png
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

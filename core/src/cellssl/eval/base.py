@@ -1,6 +1,6 @@
 """The evaluator contract (:class:`Evaluator`, :class:`EvalContext`) and helpers every evaluator shares.
 
-An evaluator scores an :class:`~cellssl.eval.embeddings.EmbeddingTable` (embeddings + metadata) and
+An evaluator scores an :class:`~cellssl.embed.store.EmbeddingTable` (embeddings + metadata) and
 returns a JSON-serialisable dict; the runner writes it to ``<run_dir>/eval/<name>.json`` with
 :func:`write_result_json`. Labels come from metadata columns, read by :func:`cellssl.data.labels.labels_from_metadata`
 (re-exported here):
@@ -29,7 +29,7 @@ from cellssl.data.labels import EvalLabels, labels_from_metadata
 
 if TYPE_CHECKING:
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 
 

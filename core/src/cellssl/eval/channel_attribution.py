@@ -1,7 +1,7 @@
 """The ``channel_attribution`` evaluator: how much each named channel contributes to a classification.
 
 Two measurements, both scored on one train/test split (``split``) with the kNN classifier of
-:func:`cellssl.eval.knn.knn_classify` (or a logistic-regression ``linear`` classifier):
+:func:`cellssl.eval.engines.knn.knn_classify` (or a logistic-regression ``linear`` classifier):
 
 (a) **Block importance** (``block_importance``) for embeddings that concatenate one block per channel
     (``bag_of_channels`` with ``aggregate: concat``, ``per_channel_concat``): the embedding of dimension
@@ -39,14 +39,14 @@ import numpy as np
 
 from cellssl.errors import ConfigError
 from cellssl.eval.base import EvalContext, Evaluator, labels_from_metadata, to_jsonable
-from cellssl.eval.knn import METRICS, knn_classify
-from cellssl.eval.metrics import multiclass_metrics
-from cellssl.eval.splits import SplitConfig, make_split
+from cellssl.eval.engines.knn import METRICS, knn_classify
+from cellssl.eval.engines.metrics import multiclass_metrics
+from cellssl.eval.engines.splits import SplitConfig, make_split
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

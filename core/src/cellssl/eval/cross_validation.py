@@ -60,7 +60,7 @@ from cellssl.eval.classifier import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

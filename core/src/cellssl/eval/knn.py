@@ -1,292 +1,299 @@
-"""k-nearest-neighbour classification with faiss, DINOv2 style.
+"""The ``knn`` evaluator: split an embedding table, classify the test rows by kNN, report metrics.
 
-Protocol (:func:`knn_classify`):
+YAML block (every key optional except where labels cannot be taken from the dataset)::
 
-- Search: exact, on CPU, by default; ``index`` (:class:`~cellssl.eval.knn_index.KNNIndexConfig`) selects a
-  faiss GPU index and/or an approximate IVF index for training sets too large for an exact search.
-  ``metric="cosine"``: rows are L2-normalised (all-zero rows stay zero, with similarity 0 to everything)
-  and searched with ``faiss.IndexFlatIP``; the similarity is the cosine.
-  ``metric="l2"``: ``faiss.IndexFlatL2``; the similarity is minus the Euclidean distance.
-  The ``max(ks)`` nearest neighbours are searched once, in batches of ``batch_size`` test rows, and
-  every ``k`` reuses the first ``k`` of them.
-- ``voting="weighted"``: neighbour ``j`` of a test row gets weight ``softmax(sim / temperature)_j``
-  over its ``k`` neighbours; a class's score is the sum of the weights of the neighbours with that
-  label (scores sum to 1).
-- ``voting="majority"``: every neighbour weighs ``1 / k`` (scores are vote fractions).
-- Single-label prediction: the class with the highest score; ties go to the smallest class index
-  (as in scikit-learn's ``KNeighborsClassifier``).
-- Multi-label (``multilabel=True``, labels an ``(n, L)`` 0/1 matrix): label ``l``'s score is the
-  weighted fraction of neighbours carrying it; it is predicted when the score is ``>= 0.5``.
+    eval:
+      - name: knn
+        label_column: phase            # or label_columns: [Nucleoplasm, Cytosol, ...]
+        ks: [1, 20]                    # a k sweep: the search runs once for max(ks)
+        metric: cosine                 # cosine | l2
+        temperature: 0.07
+        voting: weighted               # weighted | majority
+        split: {mode: group, column: fov_id, test_fraction: 0.2, seed: 0}
+        few_shot: {shots: [1, 5, 10], draws: 5, seed: 0}
+        index: {kind: ivf, nlist: 4096, nprobe: 32}   # default exact; faiss GPU when available (knn_index)
+
+Rows without a label are skipped and counted in the result (``labels.rows_missing_label``). Multi-label
+labels vote per label (a label is predicted when its weighted vote fraction is >= 0.5).
+
+Few-shot: for each ``n`` in ``few_shot.shots`` and each of ``few_shot.draws`` draws (draw ``d`` is
+seeded by ``few_shot.seed + d``), ``n`` training rows per class are drawn without replacement from the
+train side (all of a class's rows when it has fewer, reported in ``few_shot.short_classes``; for
+multi-label, ``n`` rows carrying each label, pooled), the whole test side is classified against them,
+and every ``k <= n_drawn`` of ``ks`` is scored. Results are the mean and population standard deviation
+over the draws (metrics ``fewshot<n>_k<k>_<metric>_mean`` / ``_std``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellssl.errors import ConfigError, DataError
-from cellssl.eval.knn_index import KNNIndexConfig, build_index, search
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.base import EvalContext, EvalLabels, Evaluator, to_jsonable
+from cellssl.eval.classifier import (
+    FoldOutput,
+    LabelSettings,
+    format_mean_std,
+    labels_summary,
+    mean_std,
+    resolve_labels,
+    split_summary,
+)
+from cellssl.eval.engines.knn import METRICS, VOTINGS, check_ks, knn_classify, knn_evaluate
+from cellssl.eval.engines.knn_index import KNNIndexConfig, index_report
+from cellssl.eval.engines.metrics import (
+    HEADLINE_MULTICLASS,
+    HEADLINE_MULTILABEL,
+    multiclass_metrics,
+    multilabel_metrics,
+)
+from cellssl.eval.engines.splits import SplitConfig, make_split
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("cosine", "l2")
-VOTINGS = ("weighted", "majority")
-MULTILABEL_THRESHOLD = 0.5
 
 
 @dataclass
-class KNNPrediction:
-    """Predictions for one ``k``.
+class FewShotConfig:
+    """Few-shot kNN (YAML block ``few_shot:`` of ``knn``).
 
-    :ivar k: number of neighbours.
-    :ivar labels: ``(n_test,)`` int64 class indices, or ``(n_test, L)`` bool for multi-label.
-    :ivar scores: ``(n_test, C)`` (or ``(n_test, L)``) float32 class scores (see the module docstring).
+    :ivar shots: training rows per class to draw (empty: no few-shot evaluation).
+    :ivar draws: independent draws per shot count; results are mean +/- std over them.
+    :ivar seed: draw ``d`` uses seed ``seed + d``.
     """
 
-    k: int
-    labels: np.ndarray
-    scores: np.ndarray
+    shots: list[int] = field(default_factory=list)
+    draws: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(int(n) < 1 for n in self.shots):
+            raise ValueError(f"few_shot.shots must hold integers >= 1, got {self.shots}")
+        if self.draws < 1:
+            raise ValueError(f"few_shot.draws must be >= 1, got {self.draws}")
 
 
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+@dataclass
+class KNNEvaluatorConfig(LabelSettings):
+    """Parameters of the ``knn`` evaluator (label keys: see :class:`~cellssl.eval.classifier.LabelSettings`).
 
-
-@contextlib.contextmanager
-def faiss_threads(num_threads: int | None) -> Iterator[int]:
-    """Run the block with faiss using ``num_threads`` OpenMP threads, then restore the previous setting.
-
-    ``None`` uses faiss's current maximum capped at :func:`available_cpus` (so ``OMP_NUM_THREADS`` and
-    container CPU limits are respected).
+    :ivar ks: neighbour counts to report.
+    :ivar metric: ``cosine`` (L2-normalised features) or ``l2``.
+    :ivar temperature: softmax temperature of weighted voting.
+    :ivar voting: ``weighted`` (softmax(sim / T)) or ``majority``.
+    :ivar split: how rows are split into train (the kNN memory) and test.
+    :ivar few_shot: few-shot draws from the train side (off unless ``few_shot.shots`` is set).
+    :ivar per_class_report: include per-class precision / recall / F1 / support.
+    :ivar batch_size: test rows per faiss search.
+    :ivar num_threads: faiss threads (default: the CPUs available to the process).
+    :ivar index: the faiss index: exact (default) or IVF, CPU or GPU; IVF recall@k against the exact search is
+        reported under ``index`` in the result (:class:`~cellssl.eval.engines.knn_index.KNNIndexConfig`).
     """
-    import faiss
 
-    previous = faiss.omp_get_max_threads()
-    threads = max(1, num_threads if num_threads is not None else min(previous, available_cpus()))
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        faiss.omp_set_num_threads(previous)
+    ks: list[int] = field(default_factory=lambda: [1, 20])
+    metric: str = "cosine"
+    temperature: float = 0.07
+    voting: str = "weighted"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    few_shot: FewShotConfig = field(default_factory=FewShotConfig)
+    per_class_report: bool = True
+    batch_size: int = 4096
+    num_threads: int | None = None
+    index: KNNIndexConfig = field(default_factory=KNNIndexConfig)
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a non-empty list of integers >= 1, got {self.ks}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.voting not in VOTINGS:
+            raise ValueError(f"voting must be one of {', '.join(VOTINGS)}, got {self.voting!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
+        if isinstance(self.split, dict):  # built from a plain mapping rather than by omegaconf
+            self.split = SplitConfig(**self.split)
+        if isinstance(self.index, dict):
+            self.index = KNNIndexConfig(**self.index)
+        if isinstance(self.few_shot, dict):
+            self.few_shot = FewShotConfig(**self.few_shot)
 
 
-def as_feature_matrix(x: Any, what: str) -> np.ndarray:
-    """``x`` as a C-contiguous float32 ``(n, D)`` array; :class:`DataError` naming ``what`` if not 2-D or not finite."""
-    array = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if array.ndim != 2:
-        raise DataError(f"{what} must be a 2-D array (n, D), got shape {array.shape}")
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        raise DataError(f"{what} contain NaN or inf (first in row {int(np.flatnonzero(~finite)[0])})")
-    return array
+def _flat_metrics(per_k: dict[str, dict[str, Any]]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for k, metrics in per_k.items():
+        for name, value in metrics.items():
+            if isinstance(value, float):
+                flat[f"k{k}_{name}"] = value
+    return flat
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float32).tiny)
+def draw_few_shot(train_y: np.ndarray, shots: int, rng: np.random.Generator, multilabel: bool) -> tuple[
+        np.ndarray, list[int]]:
+    """Positions of ``shots`` rows per class (or per label) drawn without replacement from ``train_y``.
 
-
-def check_ks(ks: Sequence[int], n_train: int, key: str = "ks") -> list[int]:
-    """Validate ``ks`` against the number of training rows; returns them as a list of ints.
-
-    :raises ConfigError: naming ``key`` when ``ks`` is empty, holds a value < 1, or a ``k`` exceeds
-        ``n_train``.
+    :return: ``(sorted positions, classes that had fewer than shots rows)``. For multi-label, the rows
+        drawn for each label are pooled (a row drawn for two labels counts once).
     """
-    values = [int(k) for k in ks]
-    if not values:
-        raise ConfigError(key, "needs at least one k")
-    if min(values) < 1:
-        raise ConfigError(key, f"every k must be >= 1, got {values}")
-    if max(values) > n_train:
-        raise ConfigError(
-            key,
-            f"k={max(values)} is larger than the number of training rows ({n_train}); "
-            "lower k or give the evaluation more training rows",
-        )
-    return values
-
-
-def knn_search(
-    train_x: Any,
-    test_x: Any,
-    k: int,
-    metric: str = "cosine",
-    batch_size: int = 4096,
-    num_threads: int | None = None,
-    index: KNNIndexConfig | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` search of every test row among the training rows: exact by default, or with the faiss index
-    ``index`` describes (IVF, GPU; :mod:`cellssl.eval.knn_index`). Test rows for which an IVF search found
-    fewer than ``k`` rows in its cells are searched exactly.
-
-    :return: ``(similarity, index)``, both ``(n_test, k)``, best first; similarity is the cosine, or
-        minus the Euclidean distance for ``metric="l2"``.
-    :raises DataError: when the inputs are not 2-D, hold NaN/inf, or their dimensions differ.
-    :raises ConfigError: when ``k`` exceeds the number of training rows.
-    :raises ValueError: for an unknown ``metric`` or a non-positive ``batch_size``.
-    """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    train = as_feature_matrix(train_x, "training embeddings")
-    test = as_feature_matrix(test_x, "test embeddings")
-    if train.shape[1] != test.shape[1]:
-        raise DataError(
-            f"training embeddings have dimension {train.shape[1]}, test embeddings {test.shape[1]}"
-        )
-    check_ks([k], train.shape[0])
-    if metric == "cosine":
-        train = _normalise(train)
-    config = index if index is not None else KNNIndexConfig(device="cpu")
-    similarity = np.empty((test.shape[0], k), dtype=np.float32)
-    neighbours = np.empty((test.shape[0], k), dtype=np.int64)
-    with faiss_threads(num_threads) as threads:
-        built = build_index(train, metric, config, k)
-        logger.debug("faiss %s %s search on %s: %d x %d, k=%d, %d threads", config.kind, metric,
-                     built.info["device"], test.shape[0], train.shape[0], k, threads)
-        exact = None
-        for start in range(0, test.shape[0], batch_size):
-            block = test[start : start + batch_size]
-            if metric == "cosine":
-                block = _normalise(block)
-            scores, ids = search(built, block, k)
-            short = (ids < 0).any(axis=1)
-            if short.any():  # an IVF probe held fewer than k rows: search those queries exactly
-                exact = exact or build_index(train, metric, KNNIndexConfig(device="cpu"), k)
-                scores[short], ids[short] = search(exact, block[short], k)
-            if metric == "l2":
-                scores = -np.sqrt(np.maximum(scores, 0.0))
-            similarity[start : start + len(block)] = scores
-            neighbours[start : start + len(block)] = ids
-    return similarity, neighbours
-
-
-def _weights(similarity: np.ndarray, temperature: float, voting: str) -> np.ndarray:
-    if voting == "majority":
-        return np.full(similarity.shape, 1.0 / similarity.shape[1], dtype=np.float64)
-    logits = similarity.astype(np.float64) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def knn_classify(
-    train_x: Any,
-    train_y: Any,
-    test_x: Any,
-    ks: Sequence[int],
-    metric: str = "cosine",
-    temperature: float = 0.07,
-    voting: str = "weighted",
-    multilabel: bool = False,
-    num_classes: int | None = None,
-    batch_size: int = 4096,
-    num_threads: int | None = None,
-    index: KNNIndexConfig | None = None,
-) -> dict[int, KNNPrediction]:
-    """Classify every test row by its nearest training rows, for each ``k`` in ``ks``.
-
-    :param train_x: ``(n_train, D)`` training embeddings.
-    :param train_y: ``(n_train,)`` class indices ``0..C-1``, or ``(n_train, L)`` 0/1 when ``multilabel``.
-    :param test_x: ``(n_test, D)`` test embeddings.
-    :param ks: neighbour counts; the search runs once for ``max(ks)``.
-    :param metric: ``cosine`` or ``l2``. :param temperature: softmax temperature of weighted voting.
-    :param voting: ``weighted`` or ``majority``. :param multilabel: labels are an indicator matrix.
-    :param num_classes: ``C`` (default ``max(train_y) + 1``); ignored for multi-label.
-    :param batch_size: test rows per faiss search. :param num_threads: faiss threads (see
-        :func:`faiss_threads`). :param index: the faiss index (default: exact, CPU).
-    :return: ``{k: KNNPrediction}`` in the order of ``ks``.
-    :raises ConfigError: (key ``ks``) when ``ks`` is empty, holds k < 1 or k > n_train.
-    :raises DataError: for malformed embeddings (see :func:`knn_search`).
-    :raises ValueError: for unknown ``metric`` / ``voting``, ``temperature <= 0`` or malformed labels.
-    """
-    if voting not in VOTINGS:
-        raise ValueError(f"voting must be one of {VOTINGS}, got {voting!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    labels = np.asarray(train_y)
-    n_train = np.shape(train_x)[0]
-    if labels.shape[0] != n_train:
-        raise ValueError(f"got {labels.shape[0]} training labels for {n_train} training rows")
-    if multilabel:
-        if labels.ndim != 2 or not np.isin(labels, (0, 1)).all():
-            raise ValueError(f"multi-label train_y must be an (n, L) 0/1 matrix, got shape {labels.shape}")
-        labels = labels.astype(np.float64)
-    else:
-        if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-            raise ValueError(f"train_y must be (n,) integer class indices, got {labels.dtype} {labels.shape}")
-        if labels.size and labels.min() < 0:
-            raise ValueError("class indices must be >= 0")
-        num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
-        if labels.size and labels.max() >= num_classes:
-            raise ValueError(f"class index {labels.max()} is out of range for num_classes={num_classes}")
-    ks = check_ks(ks, n_train)
-    similarity, neighbours = knn_search(train_x, test_x, max(ks), metric, batch_size, num_threads, index)
-    n_test = similarity.shape[0]
-    results: dict[int, KNNPrediction] = {}
-    for k in ks:
-        weights = _weights(similarity[:, :k], temperature, voting)
-        if multilabel:
-            scores = np.einsum("bk,bkl->bl", weights, labels[neighbours[:, :k]])
-            results[k] = KNNPrediction(k, scores >= MULTILABEL_THRESHOLD - 1e-9, scores.astype(np.float32))
+    chosen: list[np.ndarray] = []
+    short: list[int] = []
+    columns = range(train_y.shape[1]) if multilabel else np.unique(train_y)
+    for c in columns:
+        members = np.flatnonzero(train_y[:, c] == 1 if multilabel else train_y == c)
+        if members.size == 0:
             continue
-        assert num_classes is not None
-        flat = (np.arange(n_test)[:, None] * num_classes + labels[neighbours[:, :k]]).ravel()
-        scores = np.bincount(flat, weights=weights.ravel(), minlength=n_test * num_classes)
-        scores = scores.reshape(n_test, num_classes)
-        results[k] = KNNPrediction(k, scores.argmax(axis=1).astype(np.int64), scores.astype(np.float32))
-    return results
+        if members.size < shots:
+            short.append(int(c))
+        chosen.append(rng.choice(members, size=min(shots, members.size), replace=False))
+    return np.unique(np.concatenate(chosen)), short
 
 
-def knn_evaluate(
-    train_x: Any,
-    train_y: Any,
-    test_x: Any,
-    test_y: Any,
-    ks: Sequence[int],
-    metric: str = "cosine",
-    temperature: float = 0.07,
-    voting: str = "weighted",
-    multilabel: bool = False,
-    class_names: Sequence[str] | None = None,
-    per_class_report: bool = True,
-    batch_size: int = 4096,
-    num_threads: int | None = None,
-    index: KNNIndexConfig | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Run :func:`knn_classify` and score each ``k`` with :mod:`cellssl.eval.metrics`.
+def _score(test_y: np.ndarray, pred: np.ndarray, multilabel: bool) -> dict[str, Any]:
+    if multilabel:
+        return multilabel_metrics(test_y, pred, per_label=False)
+    return multiclass_metrics(test_y, pred, per_class=False)
 
-    :param test_y: ``(n_test,)`` class indices, or ``(n_test, L)`` 0/1 when ``multilabel``.
-    :param class_names: names of the ``C`` classes (or ``L`` labels); also fixes ``C``.
-    :return: ``{str(k): metrics}`` where metrics is :func:`multiclass_metrics` or
-        :func:`multilabel_metrics` output.
-    :raises: as :func:`knn_classify`.
-    """
-    num_classes = len(class_names) if class_names is not None and not multilabel else None
-    if num_classes is None and not multilabel:
-        both = np.concatenate([np.asarray(train_y).ravel(), np.asarray(test_y).ravel()])
-        num_classes = int(both.max()) + 1 if both.size else 1
-    predictions = knn_classify(train_x, train_y, test_x, ks, metric=metric, temperature=temperature,
-                               voting=voting, multilabel=multilabel, num_classes=num_classes,
-                               batch_size=batch_size, num_threads=num_threads, index=index)
-    results: dict[str, dict[str, Any]] = {}
-    for k, prediction in predictions.items():
-        if multilabel:
-            results[str(k)] = multilabel_metrics(test_y, prediction.labels, class_names,
-                                                 per_label=per_class_report)
-        else:
-            results[str(k)] = multiclass_metrics(test_y, prediction.labels, class_names,
-                                                 per_class=per_class_report)
-    return results
+
+class KNNEvaluator(Evaluator):
+    """kNN classification of held-out rows (see :mod:`cellssl.eval.engines.knn` for the voting rules)."""
+
+    name = "knn"
+
+    def __init__(self, config: KNNEvaluatorConfig) -> None:
+        self.config = config
+
+    def _labels(self, table: EmbeddingTable, context: EvalContext) -> EvalLabels:
+        return resolve_labels(self.config, table.metadata, context, key=self.name)
+
+    def _classify(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, ks: list[int],
+                  labels: EvalLabels) -> dict[int, np.ndarray]:
+        cfg = self.config
+        predictions = knn_classify(
+            train_x, train_y, test_x, ks, metric=cfg.metric, temperature=cfg.temperature, voting=cfg.voting,
+            multilabel=labels.multilabel, num_classes=None if labels.multilabel else len(labels.names),
+            batch_size=cfg.batch_size, num_threads=cfg.num_threads, index=cfg.index,
+        )
+        return {k: p.labels.astype(np.int8) if labels.multilabel else p.labels for k, p in predictions.items()}
+
+    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, labels: EvalLabels,
+                    train_metadata: pd.DataFrame) -> FoldOutput:
+        """Cross-validation rows ``"<k>-NN"``, one per ``k`` of ``ks`` (see :class:`FoldClassifier`)."""
+        ks = check_ks(self.config.ks, len(train_x), key=f"{self.name}.ks")
+        predictions = self._classify(train_x, train_y, test_x, ks, labels)
+        return FoldOutput({f"{k}-NN": predictions[k] for k in ks})
+
+    def _few_shot(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                  labels: EvalLabels) -> tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]:
+        cfg = self.config
+        columns = HEADLINE_MULTILABEL if labels.multilabel else HEADLINE_MULTICLASS
+        section: dict[str, Any] = {"draws": cfg.few_shot.draws, "seed": cfg.few_shot.seed, "shots": {}}
+        metrics: dict[str, float] = {}
+        rows: list[dict[str, Any]] = []
+        for shots in sorted({int(n) for n in cfg.few_shot.shots}):
+            scores: dict[int, dict[str, list[float]]] = {}
+            train_sizes, short = [], set()
+            for draw in range(cfg.few_shot.draws):
+                rng = np.random.default_rng(cfg.few_shot.seed + draw)
+                picked, short_classes = draw_few_shot(train_y, shots, rng, labels.multilabel)
+                short.update(short_classes)
+                train_sizes.append(int(picked.size))
+                ks = [k for k in cfg.ks if k <= picked.size]
+                if not ks:
+                    continue
+                predictions = self._classify(train_x[picked], train_y[picked], test_x, ks, labels)
+                for k, pred in predictions.items():
+                    result = _score(test_y, pred, labels.multilabel)
+                    for column in columns:
+                        scores.setdefault(k, {}).setdefault(column, []).append(float(result[column]))
+            summary: dict[str, Any] = {"train_rows": train_sizes,
+                                       "short_classes": [labels.names[c] for c in sorted(short)], "per_k": {}}
+            for k, by_metric in scores.items():
+                summary["per_k"][str(k)] = {}
+                row: dict[str, Any] = {"train": f"{shots}-shot x{len(by_metric[columns[0]])}", "k": k}
+                for column, values in by_metric.items():
+                    mean, std = mean_std(values)
+                    metrics[f"fewshot{shots}_k{k}_{column}_mean"] = mean
+                    metrics[f"fewshot{shots}_k{k}_{column}_std"] = std
+                    summary["per_k"][str(k)][column] = {"mean": mean, "std": std, "values": values}
+                    row[column] = format_mean_std(mean, std)
+                rows.append(row)
+            skipped = [k for k in cfg.ks if k not in scores]
+            if skipped:
+                summary["ks_skipped"] = skipped
+                logger.warning("knn few-shot %d: k=%s exceed the rows drawn and are skipped", shots, skipped)
+            section["shots"][str(shots)] = summary
+        return section, metrics, rows
+
+    def evaluate(self, table: EmbeddingTable, context: EvalContext) -> dict[str, Any]:
+        """Split ``table``, classify its test rows and score them for every ``k`` (and every few-shot draw).
+
+        :return: ``{"evaluator", "task", "metrics" (flat ``k<k>_<metric>`` and few-shot means / stds),
+            "table" (one row per k, then per few-shot setting), "per_k" (full reports), "few_shot"
+            (per-draw values, when configured), "labels", "split" (mode, sizes), "config", "identity",
+            "embedding_dim"}``.
+        :raises cellssl.errors.ConfigError: no label column, a ``k`` above the train size, a bad split.
+        :raises cellssl.errors.DataError: a missing column, unusable labels, an empty split side.
+        """
+        cfg = self.config
+        labels = self._labels(table, context)
+        metadata = table.metadata.loc[labels.valid].reset_index(drop=True)
+        embeddings = table.embeddings[labels.valid]
+        if labels.missing or labels.unlabelled:
+            logger.info("knn: skipped %d rows with a missing label and %d without any label",
+                        labels.missing, labels.unlabelled)
+        train_idx, test_idx = make_split(metadata, cfg.split, None if labels.multilabel else labels.values,
+                                         key=f"{self.name}.split")
+        check_ks(cfg.ks, int(train_idx.size), key=f"{self.name}.ks")
+        train_y, test_y = labels.values[train_idx], labels.values[test_idx]
+        if not labels.multilabel:
+            unseen = sorted(set(np.unique(test_y)) - set(np.unique(train_y)))
+            if unseen:
+                logger.warning("knn: test classes absent from the train side: %s",
+                               [labels.names[i] for i in unseen])
+        train_x, test_x = embeddings[train_idx], embeddings[test_idx]
+        per_k = knn_evaluate(
+            train_x, train_y, test_x, test_y, cfg.ks,
+            metric=cfg.metric, temperature=cfg.temperature, voting=cfg.voting,
+            multilabel=labels.multilabel, class_names=labels.names,
+            per_class_report=cfg.per_class_report, batch_size=cfg.batch_size,
+            num_threads=cfg.num_threads, index=cfg.index,
+        )
+        columns = HEADLINE_MULTILABEL if labels.multilabel else HEADLINE_MULTICLASS
+        rows = [{"train": "all", "k": int(k), **{c: scores[c] for c in columns}} for k, scores in per_k.items()]
+        metrics = _flat_metrics(per_k)
+        result: dict[str, Any] = {
+            "evaluator": self.name,
+            "task": "multilabel" if labels.multilabel else "multiclass",
+            "metrics": metrics,
+            "table": rows,
+            "per_k": per_k,
+            "labels": labels_summary(labels, len(table), cfg),
+            "split": split_summary(cfg.split.mode, cfg.split.column, metadata, train_idx, test_idx),
+            "embedding_dim": table.dim,
+            "config": dataclasses.asdict(cfg),
+            "identity": dict(context.identity),
+            "index": index_report(train_x, test_x, cfg.ks, cfg.metric, cfg.index),
+        }
+        if cfg.few_shot.shots:
+            section, few_metrics, few_rows = self._few_shot(train_x, train_y, test_x, test_y, labels)
+            metrics.update(few_metrics)
+            rows.extend(few_rows)
+            result["few_shot"] = section
+        return to_jsonable(result)
+
+
+def build_knn_evaluator(config: KNNEvaluatorConfig) -> KNNEvaluator:
+    """Factory registered under the name ``knn``."""
+    return KNNEvaluator(config)

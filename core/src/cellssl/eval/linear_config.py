@@ -1,20 +1,25 @@
-"""The ``linear`` evaluator's parameters (:class:`LinearEvaluatorConfig`) and the probe's option names,
-importable without torch; the probe is :mod:`cellssl.eval.linear`, the evaluator
-:class:`cellssl.eval.linear_evaluator.LinearEvaluator`."""
+"""The ``linear`` evaluator's parameters (:class:`LinearEvaluatorConfig`), importable without torch.
+
+The probe is :mod:`cellssl.eval.engines.linear_probe` (its option names: :mod:`cellssl.eval.engines.linear_options`),
+the evaluator :class:`cellssl.eval.linear.LinearEvaluator`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from cellssl.eval.classifier import LabelSettings
-from cellssl.eval.splits import SplitConfig
+from cellssl.eval.engines.linear_options import (
+    DEFAULT_LEARNING_RATES,
+    DEFAULT_WEIGHT_DECAYS,
+    MULTICLASS_SELECT,
+    MULTILABEL_SELECT,
+    PRECISIONS,
+)
+from cellssl.eval.engines.splits import SplitConfig
 
-DEFAULT_LEARNING_RATES: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
-MULTICLASS_SELECT = ("macro_f1", "accuracy", "balanced_accuracy")
-MULTILABEL_SELECT = ("mean_per_class_multilabel_f1", "micro_f1")
-PRECISIONS = ("fp32", "bf16")
-
+__all__ = ["DEFAULT_LEARNING_RATES", "DEFAULT_WEIGHT_DECAYS", "DEVICES", "MULTICLASS_SELECT", "MULTILABEL_SELECT",
+           "PRECISIONS", "LinearEvaluatorConfig"]
 
 DEVICES = ("cpu", "cuda", "auto")
 

@@ -45,7 +45,7 @@ from cellssl.eval.regression_targets import aggregate_profiles, image_targets, n
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class RegressionEvaluator(Evaluator):
     def _figures(self, context: EvalContext, r2_by_regressor: dict[str, list[float]], targets: dict[str, np.ndarray],
                  oof: dict[tuple[str, str], np.ndarray], per_target: dict[str, Any],
                  metrics: dict[str, float]) -> dict[str, str]:
-        from cellssl.eval.figures import relative_to
+        from cellssl.eval.engines.figures import relative_to
         from cellssl.eval.regression_figures import plot_predicted_vs_measured, plot_r2_cdf
 
         cfg = self.config

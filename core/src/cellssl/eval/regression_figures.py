@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellssl.eval.figures import new_figure, save_png
+from cellssl.eval.engines.figures import new_figure, save_png
 
 
 def plot_r2_cdf(r2_by_regressor: Mapping[str, Sequence[float]], path: str | Path) -> Path:

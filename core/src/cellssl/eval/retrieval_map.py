@@ -1,10 +1,10 @@
 """The ``retrieval_map`` evaluator: mean average precision of retrieving same-label profiles against controls.
 
 The protocol of JUMP Cell Painting profiling (the ``copairs`` package's rules; computed by
-:mod:`cellssl.eval.average_precision`, whose AP values agree with copairs 0.5.5 except on exact similarity
+:mod:`cellssl.eval.engines.average_precision`, whose AP values agree with copairs 0.5.5 except on exact similarity
 ties, which we rank negatives first):
 
-- Profiles are built from the embedding table (:mod:`cellssl.eval.profiles`: aggregation per group of
+- Profiles are built from the embedding table (:mod:`cellssl.eval.engines.profiles`: aggregation per group of
   metadata columns, e.g. wells, and per-plate normalisation against the negative controls).
 - Every non-control profile is a *query*; its ranked list holds its *positives* (the other profiles with
   the same label that differ from it in every ``pos_diffby`` column, e.g. come from another well) and
@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellssl.errors import ConfigError, DataError
-from cellssl.eval.average_precision import DISTANCES, average_precisions, group_map_pvalues
 from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
-from cellssl.eval.profiles import ProfileConfig, build_profiles, constant_column, require_columns
+from cellssl.eval.engines.average_precision import DISTANCES, average_precisions, group_map_pvalues
+from cellssl.eval.engines.profiles import ProfileConfig, build_profiles, constant_column, require_columns
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cellssl.eval.classifier import LabelSettings
-from cellssl.eval.splits import SplitConfig
+from cellssl.eval.engines.splits import SplitConfig
 
 HEADS = ("linear", "mlp")
 CLASS_BALANCE = ("none", "weights", "sampler")
@@ -62,8 +62,8 @@ class FinetuneSection(LabelSettings):
     :ivar seed: seed of the validation carve, the batch order, flips and dropout.
     :ivar per_class_report: include per-class precision / recall / F1 / support.
     :ivar linear_probe_baseline: also fit the ``linear`` evaluator's probe
-        (:func:`cellssl.eval.linear.fit_linear_probe`, its default grid, selected on the same validation rows)
-        on the starting backbone's features of the same fit rows, and score it on the same test rows
+        (:func:`cellssl.eval.engines.linear_probe.fit_linear_probe`, its default grid, selected on the same
+        validation rows) on the starting backbone's features of the same fit rows, and score it on the same test rows
         (``baseline_linear_probe`` in the result).
     """
 

@@ -1,10 +1,10 @@
 """Rows of a fine-tuning run: labels, the test split, the validation carve, and the preprocessed images.
 
-:func:`finetune_rows` applies the same rules as the linear probe (:mod:`cellssl.eval.linear`): the labelled
-rows are split into train and test by ``finetune.split`` (:func:`cellssl.eval.splits.make_split`), then the
-validation rows are carved from the training rows only (``val_split``, or
-:func:`cellssl.eval.linear.carve_validation` with the same ``val_fraction`` and ``seed``). Test rows take no
-part in fitting, early stopping or model selection.
+:func:`finetune_rows` applies the same rules as the linear probe (:mod:`cellssl.eval.engines.linear_probe`): the
+labelled rows are split into train and test by ``finetune.split`` (:func:`cellssl.eval.engines.splits.make_split`),
+then the validation rows are carved from the training rows only (``val_split``, or
+:func:`cellssl.eval.engines.linear_probe.carve_validation` with the same ``val_fraction`` and ``seed``). Test
+rows take no part in fitting, early stopping or model selection.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from cellssl.errors import ConfigError
 from cellssl.eval.base import EvalContext, EvalLabels
 from cellssl.eval.classifier import resolve_labels
-from cellssl.eval.splits import make_split
+from cellssl.eval.engines.splits import make_split
 from cellssl.finetune.config import FinetuneSection
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def finetune_rows(section: FinetuneSection, metadata: Any, label_columns: list[s
     :raises cellssl.errors.ConfigError: no label column, a bad split (naming ``finetune.<key>``).
     :raises cellssl.errors.DataError: a missing column, unusable labels, an empty side.
     """
-    from cellssl.eval.linear import carve_validation
+    from cellssl.eval.engines.linear_probe import carve_validation
 
     context = EvalContext(run_dir=None, label_columns=label_columns,  # type: ignore[arg-type]
                           label_separator=label_separator)

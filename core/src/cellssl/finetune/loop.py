@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from cellssl.atomic import atomic_open
 from cellssl.errors import CheckpointError
-from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+from cellssl.eval.engines.metrics import multiclass_metrics, multilabel_metrics
 from cellssl.finetune.config import FinetuneSection
 
 logger = logging.getLogger(__name__)
@@ -290,6 +290,6 @@ class FinetuneLoop:
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
-    from cellssl.eval.export import autocast_context
+    from cellssl.embed.export import autocast_context
 
     return autocast_context(device, precision)

@@ -57,7 +57,7 @@ class Standardize(nn.Module):
 
 
 def _features(model: Any, images: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
-    from cellssl.eval.export import autocast_context
+    from cellssl.embed.export import autocast_context
 
     model.eval()
     out = []
@@ -100,7 +100,7 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     """
     from cellssl.eval.base import write_result_json
     from cellssl.eval.classifier import labels_summary
-    from cellssl.eval.linear_heads import loss_weights
+    from cellssl.eval.engines.linear_heads import loss_weights
     from cellssl.finetune.data import finetune_rows, load_images
     from cellssl.finetune.loop import FinetuneLoop, choose_thresholds, score
     from cellssl.finetune.model import Classifier, optimizer_groups
@@ -179,7 +179,7 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     exports = {"backbone": out_dir / "backbone.pt", "head": out_dir / "head.pt"}
     if is_main_process():
         _export(model, exports, section, labels, thresholds, channels, save_state_dict_atomic)
-    from cellssl.eval.metrics import HEADLINE_MULTICLASS, HEADLINE_MULTILABEL
+    from cellssl.eval.engines.metrics import HEADLINE_MULTICLASS, HEADLINE_MULTILABEL
 
     names = HEADLINE_MULTILABEL if labels.multilabel else HEADLINE_MULTICLASS
     result: dict[str, Any] = {
@@ -216,8 +216,8 @@ def _linear_probe_baseline(features: np.ndarray, rows: Any, labels: Any, section
                            names: tuple[str, ...]) -> dict[str, Any]:
     """The ``linear`` evaluator's probe on the starting features: fitted on the fit rows, its grid head chosen
     on the validation rows (then refitted on both, as the evaluator does), scored once on the test rows."""
-    from cellssl.eval.linear import fit_linear_probe
-    from cellssl.eval.metrics import multiclass_metrics, multilabel_metrics
+    from cellssl.eval.engines.linear_probe import fit_linear_probe
+    from cellssl.eval.engines.metrics import multiclass_metrics, multilabel_metrics
 
     multilabel, classes = bool(labels.multilabel), list(labels.names)
     probe = fit_linear_probe(features[rows.fit], rows.y(rows.fit), multilabel=multilabel,

@@ -113,30 +113,30 @@ def cellssl_register_evaluators(registry: Registrar) -> None:
     from cellssl.eval.attention_maps_config import AttentionMapsConfig
     from cellssl.eval.channel_attribution import ChannelAttributionConfig
     from cellssl.eval.cross_validation import CrossValidationConfig
-    from cellssl.eval.knn_evaluator import KNNEvaluatorConfig
+    from cellssl.eval.knn import KNNEvaluatorConfig
     from cellssl.eval.linear_config import LinearEvaluatorConfig
-    from cellssl.eval.logistic import LogisticRegressionConfig
-    from cellssl.eval.nsc import NSCConfig
+    from cellssl.eval.logistic_regression import LogisticRegressionConfig
+    from cellssl.eval.nsc_nscb import NSCConfig
     from cellssl.eval.regression_config import RegressionConfig
     from cellssl.eval.retrieval_map import RetrievalMAPConfig
-    from cellssl.eval.umap_plot import UMAPConfig
+    from cellssl.eval.umap import UMAPConfig
 
-    registry.add("knn", lazy("cellssl.eval.knn_evaluator:build_knn_evaluator"), KNNEvaluatorConfig,
+    registry.add("knn", lazy("cellssl.eval.knn:build_knn_evaluator"), KNNEvaluatorConfig,
                  "faiss kNN classification (cosine/L2, weighted or majority votes, k sweep, multi-label, few-shot)")
-    registry.add("linear", lazy("cellssl.eval.linear_evaluator:build_linear_evaluator"), LinearEvaluatorConfig,
+    registry.add("linear", lazy("cellssl.eval.linear:build_linear_evaluator"), LinearEvaluatorConfig,
                  "linear probe: grid of heads (lr x wd) trained at once, chosen on a validation split, CE or BCE")
-    registry.add("logistic_regression", lazy("cellssl.eval.logistic:build_logistic_regression"),
+    registry.add("logistic_regression", lazy("cellssl.eval.logistic_regression:build_logistic_regression"),
                  LogisticRegressionConfig, "scikit-learn logistic regression (one-vs-rest or multinomial)")
     registry.add("cross_validation", lazy("cellssl.eval.cross_validation:build_cross_validation"),
                  CrossValidationConfig,
                  "k-fold (stratified or grouped) of classifier evaluators: F1, recall, precision, balanced acc")
     registry.add("retrieval_map", lazy("cellssl.eval.retrieval_map:build_retrieval_map"), RetrievalMAPConfig,
                  "mAP of retrieving same-label profiles against negative controls, null p-values per group")
-    registry.add("nsc_nscb", lazy("cellssl.eval.nsc:build_nsc_nscb"), NSCConfig,
+    registry.add("nsc_nscb", lazy("cellssl.eval.nsc_nscb:build_nsc_nscb"), NSCConfig,
                  "cosine 1-NN MoA accuracy, not-same-compound and not-same-compound-or-batch, on profiles")
     registry.add("regression", lazy("cellssl.eval.regression:build_regression"), RegressionConfig,
                  "cross-validated ridge / kNN / random-forest regression of continuous targets: R², Pearson, Spearman")
-    registry.add("umap", lazy("cellssl.eval.umap_plot:build_umap"), UMAPConfig,
+    registry.add("umap", lazy("cellssl.eval.umap:build_umap"), UMAPConfig,
                  "seeded 2-D UMAP of the embeddings, one PNG per metadata column it is coloured by")
     registry.add("attention_maps", lazy("cellssl.eval.attention_maps:build_attention_maps"), AttentionMapsConfig,
                  "ViT last-block CLS/register attention per head (per channel for 1-channel models), PNG grids")

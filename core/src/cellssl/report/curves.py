@@ -94,7 +94,7 @@ def write_training_curves(run_dir: str | Path, out_dir: str | Path) -> list[Path
     :return: the PNG files written (empty when the run has no ``metrics.jsonl``).
     :raises DataError: see :func:`read_training_log`.
     """
-    from cellssl.eval.figures import new_figure, save_png
+    from cellssl.eval.engines.figures import new_figure, save_png
 
     records = read_training_log(run_dir)
     if not records:

@@ -69,7 +69,7 @@ class ChammiDatasetConfig(ChammiSubsetConfig):
 
 @dataclass
 class ChammiLinearConfig:
-    """The linear protocol: a grid of linear heads (``cellssl.eval.linear.fit_linear_probe``), the head
+    """The linear protocol: a grid of linear heads (``cellssl.eval.engines.linear_probe.fit_linear_probe``), the head
     chosen on a validation split carved from the training rows (never on a task's rows).
 
     :ivar learning_rates: the grid's learning rates (empty: cellssl's default linear-probe grid).

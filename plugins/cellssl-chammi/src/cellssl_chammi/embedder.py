@@ -153,7 +153,7 @@ class RunModel:
         """Embed ``dataset`` into ``out_dir`` (or reuse what is there) and read the table back."""
         from cellssl.api import read_embeddings
         from cellssl.data.preprocess import EvalPreprocess
-        from cellssl.eval.export import export_embeddings
+        from cellssl.embed.export import export_embeddings
         from cellssl_chammi.dataset import same_rows
 
         identity = self.identity()

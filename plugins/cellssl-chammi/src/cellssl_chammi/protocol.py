@@ -15,7 +15,7 @@ For a subset with metadata ``meta`` (``enriched_meta.csv`` rows) and embeddings 
   ``labels = unique(truth)``, ``zero_division=0``), and accuracy.
 
 Classifiers are callables ``fit_predict(train_x, train_y, test_x, num_classes) -> predicted classes``:
-:func:`one_nn` (faiss, exact), :func:`linear_probe` (``cellssl.eval.linear``) and :func:`sgd_classifier`
+:func:`one_nn` (faiss, exact), :func:`linear_probe` (``cellssl.eval.engines.linear_probe``) and :func:`sgd_classifier`
 (MorphEm's ``SGDClassifier(alpha=0.001, max_iter=100)``, seeded).
 
 This is MorphEm's ``evaluation.evaluate`` (broadinstitute/MorphEm, ``morphem/evaluation.py``): same rows,
@@ -210,8 +210,8 @@ def sgd_classifier(alpha: float = 0.001, max_iter: int = 100, seed: int = 0) -> 
 
 
 def linear_probe(settings: Any, device: str = "cpu") -> Classifier:
-    """A linear probe per fit (``cellssl.eval.linear.fit_linear_probe``), head chosen on a validation split
-    carved from the training rows.
+    """A linear probe per fit (``cellssl.eval.engines.linear_probe.fit_linear_probe``), head chosen on a validation
+    split carved from the training rows.
 
     :param settings: a :class:`~cellssl_chammi.config.ChammiLinearConfig`.
     """

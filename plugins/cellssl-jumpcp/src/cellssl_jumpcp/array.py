@@ -13,7 +13,7 @@ Layout of an array run directory ``<run>`` (``run.output_dir``)::
 A task (:class:`PlateChunkJob`) runs the core's embed stage (:func:`cellssl.pipeline.execute` with
 ``["embed"]``) for each plate of its chunk, with ``data.plates: [<plate>]`` and ``run.output_dir:
 <run>/plates/<plate>``. A plate is *done* only when its ``plate_done.json`` names the same plate config and its
-embedding folder passes :func:`cellssl.eval.manifest.verify_manifests` (complete manifest, every shard listed
+embedding folder passes :func:`cellssl.embed.manifest.verify_manifests` (complete manifest, every shard listed
 and unchanged, same fingerprint): a done plate is skipped by every later submission, an unfinished one is run
 again (the embed stage keeps its complete shards). A plate that fails does not stop the other plates of its
 chunk; the task then fails, naming the plates. The final merge (:mod:`cellssl_jumpcp.merge`) needs every plate.
@@ -92,7 +92,7 @@ def plate_status(run_dir: Path, plate: str, digest: str | None = None) -> str | 
 
     :param digest: the plate config's :func:`config_digest` the plate must have been embedded with (``None``: any).
     """
-    from cellssl.eval.manifest import verify_manifests
+    from cellssl.embed.manifest import verify_manifests
     from cellssl_jumpcp.profiles import shard_files
 
     folder = plate_dir(run_dir, plate)
@@ -310,7 +310,7 @@ def embed_plate(config: DictConfig, digest: str, intensity: bool, *, restart: bo
     :raises CellsslError: from the run (invalid data, unreadable images) or when the written set does not verify.
     """
     from cellssl.api import atomic_write_json
-    from cellssl.eval.manifest import verify_manifests
+    from cellssl.embed.manifest import verify_manifests
     from cellssl.pipeline import execute, expected_embedding
     from cellssl.plan.checks import plan_dataset
     from cellssl_jumpcp.profiles import shard_files
@@ -333,7 +333,7 @@ def embed_plate(config: DictConfig, digest: str, intensity: bool, *, restart: bo
 def write_intensity(dataset: Any, folder: Path, fingerprint: str) -> Path:
     """Per-channel intensity statistics of every sample (:func:`cellssl_jumpcp.evaluator.intensity_features`),
     written as an embedding set (shards + manifest) with the dataset's metadata."""
-    from cellssl.eval.embeddings import EmbeddingWriter
+    from cellssl.embed.store import EmbeddingWriter
     from cellssl_jumpcp.evaluator import intensity_features
 
     features = intensity_features(dataset)

@@ -1,6 +1,6 @@
 """Phenotypic activity and consistency of JUMP well profiles: mAP with permutation p-values, fraction retrieved.
 
-Both use :func:`cellssl.eval.average_precision.average_precisions` (copairs' pair rules; AP values agree with
+Both use :func:`cellssl.eval.engines.average_precision.average_precisions` (copairs' pair rules; AP values agree with
 copairs 0.5.5 except on exact similarity ties) and its null distributions (:func:`group_map_pvalues`).
 
 - **Activity** (:func:`phenotypic_activity`): every treated well is a query; its positives are the other

@@ -1,11 +1,11 @@
 """Well profiles of JUMP plates: cell embeddings aggregated per (plate, well), plate by plate, and normalised.
 
 - :func:`well_profiles` aggregates one plate at a time (pycytominer ``aggregate``: ``median`` or ``mean``
-  of a well's cells, by :func:`cellssl.eval.profiles.aggregate_profiles`), reading the embedding shards
+  of a well's cells, by :func:`cellssl.eval.engines.profiles.aggregate_profiles`), reading the embedding shards
   with a filter on the plate column (:func:`iter_plates`), so memory holds one plate's cells, not the source's.
 - :func:`normalize_wells` fits the pycytominer ``normalize`` methods per plate on the negative-control
   wells (``samples=``): ``standardize``, ``mad_robustize`` (median and 1.4826 x MAD) and ``spherize`` (ZCA),
-  computed by :func:`cellssl.eval.profiles.normalize_profiles`.
+  computed by :func:`cellssl.eval.engines.profiles.normalize_profiles`.
 - :func:`write_profiles` writes them as Parquet: the ``Metadata_`` columns, ``Metadata_Count_Cells`` and one
   float32 column per feature (``emb_0000``...), the layout pandas, pycytominer and copairs read as it is.
 """

@@ -29,13 +29,13 @@ import numpy as np
 
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
-from cellssl.eval.figures import file_stem, new_figure, relative_to, save_png
-from cellssl.eval.profiles import require_columns
+from cellssl.eval.engines.figures import file_stem, new_figure, relative_to, save_png
+from cellssl.eval.engines.profiles import require_columns
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

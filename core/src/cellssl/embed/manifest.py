@@ -1,6 +1,6 @@
 """Verification of an embedding folder's manifests: a set is read only when it is complete and unchanged.
 
-:func:`verify_manifests` is what :func:`~cellssl.eval.embeddings.read_embeddings` runs on a folder. It
+:func:`verify_manifests` is what :func:`~cellssl.embed.store.read_embeddings` runs on a folder. It
 refuses (with :class:`~cellssl.errors.DataError`, saying how to finish or redo the set):
 
 - shards without a manifest (an export that was killed or failed: re-running it resumes);
@@ -51,7 +51,7 @@ def verify_manifests(
     :return: ``{"rows", "dim", "columns", "shards", "fingerprint", "skipped_rows", "info", "manifests", ...}``.
     :raises DataError: see the module docstring.
     """
-    from cellssl.eval.embeddings import FORMAT_VERSION, MANIFEST_SUFFIX, footer_digest
+    from cellssl.embed.store import FORMAT_VERSION, MANIFEST_SUFFIX, footer_digest
 
     manifests = sorted(folder.glob(f"*{MANIFEST_SUFFIX}"))
     if not manifests:

@@ -3,7 +3,7 @@
 Under torch.distributed (``torchrun``, the slurm launcher) the ``embed`` stage gives rank ``r`` of ``W`` the
 samples :func:`~cellssl.distributed.rank_range` ``(n, r, W)`` and the shard prefix ``rank<r>-``
 (``rank000-part-00000.parquet``, ``rank000-manifest.json``). Shares are contiguous and the reader sorts
-shards by name, so :func:`~cellssl.eval.embeddings.read_embeddings` returns the rows in dataset order, the
+shards by name, so :func:`~cellssl.embed.store.read_embeddings` returns the rows in dataset order, the
 same table a single process writes. One process writes unprefixed shards, as before.
 """
 

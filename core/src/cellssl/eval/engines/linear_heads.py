@@ -1,4 +1,4 @@
-"""The training engine of :mod:`cellssl.eval.linear`: a grid of linear heads trained together by SGD.
+"""The training engine of :mod:`cellssl.eval.engines.linear_probe`: a grid of linear heads trained together by SGD.
 
 All heads share one weight matrix ``(D, H * C)``; a step is one product for the logits of every head and
 one for the gradients of every head (the loss gradients are written out, softmax / sigmoid minus target).

@@ -12,7 +12,7 @@ each use their own prefix (``rank00-``, ``rank01-``), so their shards and manife
 Every file is written to a hidden temporary file in the same folder and moved into place with
 :func:`os.replace`, so a reader never sees a half-written shard. A writer that exits with an exception
 writes no manifest: shards without a manifest mark an interrupted export, which
-:func:`~cellssl.eval.manifest.verify_manifests` refuses to read. Each shard's Parquet footer records the
+:func:`~cellssl.embed.manifest.verify_manifests` refuses to read. Each shard's Parquet footer records the
 set's fingerprint and its position, so an interrupted export resumes (``resume=True``): the complete
 shards of the same fingerprint are kept and the writer continues after them.
 
@@ -410,7 +410,7 @@ def read_embeddings(
 ) -> EmbeddingTable:
     """Read every shard of a complete embedding folder (sorted by name, any prefix), or one Parquet file.
 
-    A folder is read only when :func:`~cellssl.eval.manifest.verify_manifests` accepts it: manifests
+    A folder is read only when :func:`~cellssl.embed.manifest.verify_manifests` accepts it: manifests
     complete, every shard listed and unchanged, no extra shard, and (when given) the expected fingerprint.
 
     :param path_or_dir: a folder written by :class:`EmbeddingWriter`, or one shard (read as is).
@@ -430,7 +430,7 @@ def read_embeddings(
     shards = _shard_files(path)
     manifest: dict[str, Any] = {}
     if path.is_dir():
-        from cellssl.eval.manifest import verify_manifests
+        from cellssl.embed.manifest import verify_manifests
 
         manifest = verify_manifests(path, shards, expected_fingerprint=expected_fingerprint,
                                     expected_parts=expected_parts)

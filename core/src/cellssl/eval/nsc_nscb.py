@@ -1,7 +1,7 @@
 """The ``nsc_nscb`` evaluator: cosine 1-NN mechanism-of-action accuracy, not-same-compound (-or-batch).
 
 The BBBC021 MoA protocol (Ljosa et al. 2013; used by uniDINO): profiles (cells aggregated per well or per
-treatment, :mod:`cellssl.eval.profiles`) are classified by the label of their nearest neighbour (cosine
+treatment, :mod:`cellssl.eval.engines.profiles`) are classified by the label of their nearest neighbour (cosine
 similarity), where the neighbour may not be a profile of the same compound:
 
 - **NSC** (not-same-compound): candidates are the profiles whose ``compound_column`` differs from the
@@ -46,10 +46,10 @@ import numpy as np
 
 from cellssl.errors import ConfigError, DataError
 from cellssl.eval.base import EvalContext, Evaluator, to_jsonable
-from cellssl.eval.profiles import ProfileConfig, build_profiles, constant_column, require_columns
+from cellssl.eval.engines.profiles import ProfileConfig, build_profiles, constant_column, require_columns
 
 if TYPE_CHECKING:
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 

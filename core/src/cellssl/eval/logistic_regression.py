@@ -43,12 +43,12 @@ from cellssl.eval.classifier import (
     resolve_labels,
     split_summary,
 )
-from cellssl.eval.splits import SplitConfig, make_split
+from cellssl.eval.engines.splits import SplitConfig, make_split
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cellssl.eval.embeddings import EmbeddingTable
+    from cellssl.embed.store import EmbeddingTable
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class LogisticRegressionEvaluator(Evaluator):
         :raises cellssl.errors.ConfigError: no label column.
         :raises cellssl.errors.DataError: a missing column, unusable labels, a one-class training side.
         """
-        from cellssl.eval.metrics import (
+        from cellssl.eval.engines.metrics import (
             HEADLINE_MULTICLASS,
             HEADLINE_MULTILABEL,
             multiclass_metrics,

@@ -1,7 +1,7 @@
 """Embedding export: stream a dataset through a channel strategy and a backbone into Parquet shards.
 
 Memory stays bounded for any dataset size: batches are embedded and handed to an
-:class:`~cellssl.eval.embeddings.EmbeddingWriter`, which flushes a shard every ``shard_rows`` rows.
+:class:`~cellssl.embed.store.EmbeddingWriter`, which flushes a shard every ``shard_rows`` rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from cellssl.channels.base import ChannelStrategy
 from cellssl.data.dataset import CellDataset
 from cellssl.data.sample import CellSample
-from cellssl.eval.embeddings import EmbeddingWriter
+from cellssl.embed.store import EmbeddingWriter
 
 logger = logging.getLogger(__name__)
 
