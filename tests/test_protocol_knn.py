@@ -1,4 +1,4 @@
-"""DINOv2's weighted kNN (dinov2/eval/engines/knn.py) against an independent torch computation of its definition.
+"""DINOv2's weighted kNN (dinov2/eval/knn.py) against an independent torch computation of its definition.
 
 DINOv2: features L2-normalised, similarity = cosine, the ``max(ks)`` most similar training rows, weights
 ``softmax(sim / T)`` over the top ``k`` (T = 0.07), class score = sum of the weights of the neighbours of that
