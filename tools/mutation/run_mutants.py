@@ -3,9 +3,10 @@
 For every target of ``tools/mutation/targets.toml`` (or those named on the command line) the script:
 
 1. builds a scratch workspace ``<workdir>/<module>/`` holding a copy of ``core/src`` (as ``src/``), the
-   target's test files and ``tests/conftest.py``, and a ``pyproject.toml`` whose ``[tool.mutmut]`` section
-   mutates that one module and selects those tests (the checkout itself is never modified, so other work in
-   it is not disturbed);
+   target's test files and ``tests/conftest.py``, a root ``conftest.py`` that makes the Python processes a
+   test starts (torch.distributed ranks) import the mutated copy too, and a ``pyproject.toml`` whose
+   ``[tool.mutmut]`` section mutates that one module and selects those tests (the checkout itself is never
+   modified, so other work in it is not disturbed);
 2. runs ``nice -n 10 mutmut run --max-children 1`` there, stopped after the target's time budget;
 3. reads mutmut's per-mutant exit codes (``mutants/src/cellssl/<module>.meta``) and the diff of every
    survivor, and stores them in ``tools/mutation/results/<module>.json``.
