@@ -114,7 +114,10 @@ def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Pa
         survivors = result["survivors"]
         if not survivors:
             continue
-        details += [f"### `{target.module}`", "", f"Tests: {', '.join(f'`{t}`' for t in result['tests'])}.", ""]
+        tests = ", ".join(f"`{t}`" for t in result["tests"])
+        if result.get("deselected"):
+            tests += f" (without {', '.join(f'`{d}`' for d in result['deselected'])})"
+        details += [f"### `{target.module}`", "", f"Tests: {tests}.", ""]
         for name, diff in survivors.items():
             if name in s["equivalent"]:
                 tag = f"equivalent: {equivalents[name]['reason']}"

@@ -39,7 +39,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,14 @@ logger = logging.getLogger("mutants")
 
 @dataclass
 class Target:
-    """One module to mutate: ``module`` (path under ``core/src/cellssl``), its ``tests``, a ``budget`` in s."""
+    """One module to mutate: ``module`` (path under ``core/src/cellssl``), its ``tests``, a ``budget`` in s,
+    test node ids to ``deselect`` from those files, and mutmut's ``isolation`` (``fork`` or ``forkserver``)."""
 
     module: str
     tests: list[str]
     budget: float
+    deselect: list[str] = field(default_factory=list)
+    isolation: str = "fork"
 
     @property
     def slug(self) -> str:
@@ -99,7 +102,13 @@ def load_targets(path: Path = TARGETS) -> list[Target]:
     """The targets of ``targets.toml``; raises ``ValueError`` naming a missing module or test file."""
     targets = []
     for i, entry in enumerate(tomllib.loads(path.read_text())["target"]):
-        target = Target(entry["module"], list(entry["tests"]), float(entry["budget"]))
+        target = Target(entry["module"], list(entry["tests"]), float(entry["budget"]), list(entry.get("deselect", [])),
+                        entry.get("isolation", "fork"))
+        if target.isolation not in ("fork", "forkserver"):
+            raise ValueError(f"{path}: target[{i}].isolation must be 'fork' or 'forkserver', got {target.isolation!r}")
+        outside = [d for d in target.deselect if d.split("::")[0] not in target.tests]
+        if outside:
+            raise ValueError(f"{path}: target[{i}] ({target.module}) deselects {outside}, which are not in its tests")
         if not (REPO / "core" / "src" / "cellssl" / target.module).is_file():
             raise ValueError(f"{path}: target[{i}].module {target.module!r} is not a file under core/src/cellssl")
         missing = [t for t in target.tests if not (REPO / t).is_file()]
@@ -127,12 +136,14 @@ def prepare_workspace(target: Target, workdir: Path) -> Path:
     for test in ["tests/conftest.py", *target.tests]:
         shutil.copy2(REPO / test, ws / "tests" / Path(test).name)
     (ws / "conftest.py").write_text(SUBPROCESS_CONFTEST)
-    selection = json.dumps([f"tests/{Path(t).name}" for t in target.tests])
+    selection = json.dumps([f"tests/{Path(t).name}" for t in target.tests]
+                           + [arg for d in target.deselect for arg in ("--deselect", f"tests/{Path(d).name}")])
     (ws / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         'also_copy = ["conftest.py"]\n'
         f'only_mutate = ["src/cellssl/{target.module}"]\n'
+        f'process_isolation = "{target.isolation}"\n'
         f"pytest_add_cli_args_test_selection = {selection}\n"
         'pytest_add_cli_args = ["-x", "-q"]\n'
         "use_git_change_detection = false\n"
@@ -185,7 +196,8 @@ def collect(target: Target, ws: Path, finished: bool, seconds: float) -> dict[st
         shown = subprocess.run([sys.executable, str(HERE / "mutant_diffs.py")], cwd=ws, input=json.dumps(names),
                                capture_output=True, text=True, timeout=600, check=True)
         survivors = json.loads(shown.stdout)
-    return {"module": target.module, "tests": target.tests, "budget_s": target.budget, "seconds": round(seconds),
+    return {"module": target.module, "tests": target.tests, "deselected": target.deselect,
+            "isolation": target.isolation, "budget_s": target.budget, "seconds": round(seconds),
             "finished": finished, "counts": dict(Counter(statuses.values())), "statuses": statuses,
             "survivors": survivors, "date": time.strftime("%Y-%m-%d")}
 

@@ -1,0 +1,184 @@
+"""The trainer's own bookkeeping, pinned down where mutation testing found it loose: schedules built from the
+``train:`` section in steps, the optimizer's settings, the checkpoint payload, the per-step record, resume
+warnings and a callback's stop request. Each test drives a tiny ViT through :class:`Trainer` on real Jurkat cells
+from ``../shared/data`` for at most a few steps."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from torch.utils.data import Dataset
+
+from cellssl.data.multicrop import MultiCropConfig
+from cellssl.data.normalize import PerImageNormalizer
+from cellssl.data.sample import CellSample
+from cellssl.models.vit import ViTConfig, build_vit
+from cellssl.objectives.dino import DINOConfig, DINOObjective, HeadConfig
+from cellssl.train.checkpointing import load_checkpoint
+from cellssl.train.config import TrainSection
+from cellssl.train.param_groups import param_groups
+from cellssl.train.schedules import ScheduleSet
+from cellssl.train.trainer import Trainer, build_optimizer
+
+CHANNELS = ("brightfield", "dna", "darkfield")
+
+
+class _Cells(Dataset):
+    """The first ``count`` Jurkat cells of the metadata table, 16-bit OME-TIFFs scaled to [0, 1]."""
+
+    def __init__(self, root: Path, count: int) -> None:
+        self.root = root
+        self.paths = list(pd.read_csv(root / "metadata.csv")["path"][:count])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> CellSample:
+        image = tifffile.imread(self.root / self.paths[index]).astype("float32") / 65535.0
+        return CellSample(torch.from_numpy(image), CHANNELS, index)
+
+
+@pytest.fixture(scope="module")
+def cells(shared_data: Path) -> _Cells:
+    return _Cells(shared_data / "jurkat-cellcycle", 16)
+
+
+def _objective() -> DINOObjective:
+    config = DINOConfig(multicrop=MultiCropConfig(global_size=16, local_size=8, n_local=1),
+                        head=HeadConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8, nlayers=2),
+                        centering="sinkhorn_knopp")
+    vit = ViTConfig(arch="vit_tiny", patch_size=8, img_size=16, embed_dim=16, depth=2, num_heads=2,
+                    layerscale_init=None)
+    return DINOObjective(config, lambda: build_vit(vit, len(CHANNELS)))
+
+
+def _section(**train: Any) -> TrainSection:
+    return TrainSection(**{"max_steps": 2, "batch_size": 4, "precision": "fp32", "lr": 1e-3, "lr_scaling": "none",
+                           "warmup_epochs": 0, "teacher_temp_warmup_epochs": 0, "freeze_last_layer_epochs": 0,
+                           "progress": False, **train})
+
+
+def _trainer(run_dir: Path, cells: Dataset, **train: Any) -> Trainer:
+    return Trainer(_objective(), [cells], PerImageNormalizer(), _section(**train), run_dir, torch.device("cpu"),
+                   seed=0)
+
+
+def test_schedules_are_the_train_section_in_steps(tmp_path: Path, cells: _Cells) -> None:
+    # 16 cells, batch 4: 4 steps per epoch, 3 epochs = 12 steps; epochs become round(epochs * 4) steps, at most 12
+    trainer = _trainer(tmp_path, cells, max_steps=None, epochs=3, lr=2e-3, min_lr=1e-5, warmup_epochs=1.5,
+                       start_warmup_lr=1e-4, weight_decay=0.01, weight_decay_end=0.3, teacher_momentum=0.9,
+                       teacher_momentum_end=0.95, teacher_temp=0.05, warmup_teacher_temp=0.02,
+                       teacher_temp_warmup_epochs=0.875, freeze_last_layer_epochs=5.0)
+    assert trainer.steps_per_epoch == 4 and trainer.total_steps == 12
+    assert trainer.schedules.hparams == {
+        "total_steps": 12, "lr": 2e-3, "min_lr": 1e-5, "warmup_steps": 6, "start_warmup_lr": 1e-4,
+        "weight_decay": 0.01, "weight_decay_end": 0.3, "teacher_momentum": 0.9, "teacher_momentum_end": 0.95,
+        "teacher_temp": 0.05, "warmup_teacher_temp": 0.02, "teacher_temp_warmup_steps": 4,
+        "freeze_last_layer_steps": 12,
+    }
+    assert _trainer(tmp_path, cells, max_steps=5, epochs=3).total_steps == 5  # max_steps wins over epochs
+
+
+def test_optimizer_is_adamw_over_the_param_groups_with_the_configured_betas(tmp_path: Path, cells: _Cells) -> None:
+    trainer = _trainer(tmp_path, cells, adamw_betas=[0.8, 0.95], weight_decay=0.25, layerwise_decay=0.5,
+                       patch_embed_lr_mult=0.1)
+    optimizer = trainer.optimizer
+    assert isinstance(optimizer, torch.optim.AdamW)
+    expected = param_groups(trainer.objective.student, weight_decay=0.25, layerwise_decay=0.5,
+                            patch_embed_lr_mult=0.1)
+    assert len(optimizer.param_groups) == len(expected) > 1
+    for group, want in zip(optimizer.param_groups, expected, strict=True):
+        assert group["betas"] == (0.8, 0.95) and group["lr"] == 0.0
+        assert [id(p) for p in group["params"]] == [id(p) for p in want["params"]]
+        for key in ("lr_multiplier", "wd_multiplier", "weight_decay", "is_last_layer"):
+            assert group[key] == want[key], key
+    assert {g["lr_multiplier"] for g in optimizer.param_groups} >= {0.5**3 * 0.1, 0.5**3, 1.0}
+    section = _section(adamw_betas=[0.5, 0.6])
+    assert build_optimizer(trainer.objective.student, section).defaults["betas"] == (0.5, 0.6)
+    assert trainer.parameters == [p for p in trainer.objective.student.parameters() if p.requires_grad]
+
+
+def test_checkpoint_payload_and_final_is_a_link_to_last(tmp_path: Path, cells: _Cells) -> None:
+    # 3 steps at 4 per epoch: epoch 0, batch 3; samples seen 3 x 4
+    trainer = _trainer(tmp_path, cells, max_steps=3, checkpoint_every_steps=2)
+    saved: list[int] = []
+    trainer.callbacks.append(lambda t, record: saved.append(load_checkpoint(t.checkpoint_path)["step"])
+                             if t.checkpoint_path is not None else None)
+    result = trainer.fit()
+    assert saved == [2, 2]  # step 1: none yet; step 2: written; step 3 (the last): left to the end of the run
+    last = tmp_path / "checkpoints" / "last.pt"
+    final = tmp_path / "checkpoints" / "final.pt"
+    assert result.checkpoint == last and result.completed and not result.stopped_by_time
+    payload = load_checkpoint(final)
+    assert {k: payload[k] for k in ("step", "epoch", "batch_in_epoch", "total_steps", "samples_seen",
+                                    "world_size")} == {"step": 3, "epoch": 0, "batch_in_epoch": 3, "total_steps": 3,
+                                                       "samples_seen": 12, "world_size": 1}
+    assert payload["train"] == asdict(trainer.section) and payload["plan"] == trainer.plan.state_dict()
+    assert payload["schedules"] == trainer.schedules.state_dict()
+    assert os.stat(final).st_ino == os.stat(last).st_ino  # final.pt shares last.pt's bytes
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary link left behind
+
+
+def test_each_step_records_the_schedule_values_it_used(tmp_path: Path, cells: _Cells) -> None:
+    # freeze_last_layer 0.5 epoch = 2 steps: last_layer_lr 0 at steps 1-2, the lr afterwards
+    trainer = _trainer(tmp_path, cells, max_steps=4, warmup_epochs=0.5, start_warmup_lr=1e-4, min_lr=2e-4,
+                       freeze_last_layer_epochs=0.5, clip_grad=None, weight_decay=0.05, weight_decay_end=0.1,
+                       teacher_momentum=0.9, teacher_momentum_end=0.99)
+    records: list[dict[str, Any]] = []
+    trainer.callbacks.append(lambda _, record: records.append(record))
+    trainer.fit()
+    schedules = ScheduleSet(4, lr=1e-3, min_lr=2e-4, warmup_steps=2, start_warmup_lr=1e-4, weight_decay=0.05,
+                            weight_decay_end=0.1, teacher_momentum=0.9, teacher_momentum_end=0.99,
+                            freeze_last_layer_steps=2)
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and [r["epoch"] for r in records] == [0, 0, 0, 0]
+    for record in records:
+        values = schedules.values(record["step"] - 1)
+        assert record["lr"] == pytest.approx(values.lr) and record["wd"] == pytest.approx(values.weight_decay)
+        assert record["last_layer_lr"] == pytest.approx(values.last_layer_lr)
+        assert record["momentum"] == pytest.approx(values.teacher_momentum)
+        assert record["teacher_temp"] == pytest.approx(values.teacher_temp)
+        assert "grad_norm" not in record  # clip_grad None: no norm computed
+    assert [r["last_layer_lr"] for r in records[:2]] == [0.0, 0.0] and records[2]["last_layer_lr"] > 0
+    assert records[0]["lr"] == pytest.approx(1e-4) and records[1]["lr"] < records[2]["lr"]
+
+
+def test_resume_warns_when_batch_size_or_plan_changed(tmp_path: Path, cells: _Cells,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    _trainer(tmp_path, cells, max_steps=2).fit()
+    caplog.set_level(logging.WARNING)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "cellssl.train.trainer"]
+
+    resumed = _trainer(tmp_path, cells, max_steps=2)
+    assert resumed.resume() and resumed.step == 2 and resumed.schedules.step == 2
+    assert warnings() == []  # same batch size, same plan: nothing to warn about
+    other = _trainer(tmp_path, cells, max_steps=2, batch_size=2)
+    assert other.resume() and other.step == 2
+    found = warnings()
+    assert len(found) == 2 and found[0].startswith("the data plan changed since the checkpoint")
+    assert found[1] == ("the checkpoint was written after 8 samples in 2 steps; train.batch_size is now 2, so the "
+                        "data order differs from an uninterrupted run")
+
+
+def test_a_callback_stop_request_ends_the_run_checkpointed(tmp_path: Path, cells: _Cells) -> None:
+    trainer = _trainer(tmp_path, cells, max_steps=5, log_every=10)
+
+    def stop_at_two(t: Trainer, record: dict[str, Any]) -> None:
+        t.stop_requested = t.step == 2
+
+    trainer.callbacks.append(stop_at_two)
+    result = trainer.fit()
+    assert result.step == 2 and result.stopped_by_time and not result.completed
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"step": 2' in lines[0]  # the last step of a stopped run is logged
+    assert (tmp_path / "teacher_backbone.pt").is_file()
