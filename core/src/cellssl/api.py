@@ -69,6 +69,11 @@ Objectives and evaluators
     and ``config``; ``EvalContext``: run directory, label columns, identity, model and dataset loaders.
     ``to_jsonable(value)``: numpy, paths, tuples and dataclasses as plain JSON (non-finite floats -> None);
     ``write_result_json(result, run_dir, name)``: ``<run_dir>/eval/<name>.json``, atomically.
+    ``Embedder``: what ``EvalContext.embedder()`` returns, the run's embedding path (preprocessing, strategy,
+    weights, feature recipe): ``embed_rows(dataset, rows)``, ``embed_images(images, names)``,
+    ``for_dataset(dataset, stats_dir, data_block=)`` (the same model with the run's preprocessing rebuilt for a
+    dataset with other channels), ``fingerprint(dataset, data_block)`` and ``cached_export(dataset, folder,
+    data_block=)`` (an embedding set reused while its fingerprint is unchanged).
     ``EmbeddingTable`` (``metadata``, ``embeddings`` ``(N, D)`` float32, ``manifest``) /
     ``read_embeddings(path)`` (a complete embedding folder or one shard; ``DataError`` otherwise) /
     ``EMBEDDING_COLUMN``.
@@ -82,6 +87,27 @@ Augmentations (for plugins shipping a recipe)
     ``IntensityRescaleConfig``, ``BrightnessContrastConfig``, ``BlurConfig``, ``NoiseConfig``,
     ``ChannelDropConfig``), ``MultiCropConfig``, ``NormalizeConfig``: the dataclasses of the ``train:``
     augmentation and ``normalize:`` blocks.
+
+Runs (for workflow plugins that plan, execute and combine whole runs, e.g. one run per plate)
+    ``load_run_config(path, overrides)``: a YAML run config with ``key=value`` overrides applied
+    (``ConfigError`` for a missing file, bad YAML or an unknown top-level key).
+    ``build_run_plan(config, stages=None)`` -> ``RunPlan``: every section and every ``eval[i]`` validated,
+    nothing read but the ``weights:`` file's existence (``ConfigError`` naming the full key path). A plan's
+    typed sections: ``run``, ``stages``, ``data`` (``.component.name`` / ``.component.config``), ``channels``,
+    ``backbone``, ``objective``, ``weights``, ``embed``, ``normalize``, ``evaluators`` (``.name``, ``.key``,
+    ``.build()``), ``launcher`` (``.name``, ``.settings``) and ``run_dir``; ``.as_dict()`` of a block gives it
+    with every default. ``plan_dataset(plan)``: the dataset the plan's checks built (``use_channels`` applied),
+    built on first use. ``launch(config_or_plan, stages=None, restart=False)`` -> ``.run_dir``, ``.outputs``
+    (stage -> output, e.g. ``outputs["embed"]`` the embedding folder) and ``.job``: the plan handed to its
+    ``launcher:`` (``local`` runs it in this process).
+    ``run_channel_stats(plan)``: the ``channel_stats.json`` the plan's stages normalise with
+    (``normalize.mode: dataset``), computed into the run directory unless it is current.
+    ``EmbeddingWriter(folder, fingerprint=, expected_rows=, info=, overwrite=)``: writes rows
+    (``writer.write(metadata, embeddings)``) as a sharded embedding set whose manifest is written last, so
+    ``read_embeddings`` accepts it only once complete.
+    ``SlurmLauncherConfig``: the ``slurm`` launcher's settings; ``submit_job_array(settings, run_dir, tasks,
+    parallel=None)``: one submitit job per picklable callable, as one job array (``cluster: local`` runs them
+    on this machine); returns the jobs (``.result()``, ``.job_id``, ``.paths.folder``).
 
 Errors
     ``CellsslError`` (base; the CLI prints its message and exits 2), ``ConfigError(key, message)`` (names
@@ -190,6 +216,16 @@ _EXPORTS: dict[str, str] = {
     "ChannelDropConfig": "cellssl.data.augment_config:ChannelDropConfig",
     "MultiCropConfig": "cellssl.data.multicrop_config:MultiCropConfig",
     "NormalizeConfig": "cellssl.data.normalize_config:NormalizeConfig",
+    # runs, for workflow plugins
+    "load_run_config": "cellssl.config.compose:load_run_config",
+    "build_run_plan": "cellssl.plan.build:build_plan",
+    "RunPlan": "cellssl.plan.model:RunPlan",
+    "plan_dataset": "cellssl.plan.checks:plan_dataset",
+    "launch": "cellssl.launch.launcher:launch",
+    "run_channel_stats": "cellssl.pipeline:run_channel_stats",
+    "EmbeddingWriter": "cellssl.embed.store:EmbeddingWriter",
+    "SlurmLauncherConfig": "cellssl.launch.slurm_config:SlurmLauncherConfig",
+    "submit_job_array": "cellssl.launch.slurm:submit_job_array",
     # errors
     "CellsslError": "cellssl.errors:CellsslError",
     "ConfigError": "cellssl.errors:ConfigError",
@@ -202,6 +238,8 @@ _EXPORTS: dict[str, str] = {
     "atomic_open": "cellssl.atomic:atomic_open",
     "atomic_write_text": "cellssl.atomic:atomic_write_text",
     "atomic_write_json": "cellssl.atomic:atomic_write_json",
+    # the run's embedder (EvalContext.embedder)
+    "Embedder": "cellssl.embed.embedder:Embedder",
 }
 
 __all__ = sorted(["Backbone", *_EXPORTS])

@@ -201,6 +201,36 @@ def stats_source(plan: RunPlan) -> tuple[Any, str]:
     return source, _stats_fingerprint(plan)
 
 
+def run_channel_stats(plan: RunPlan) -> Path:
+    """The dataset channel statistics file the stages of ``plan`` normalise with, computed now if needed.
+
+    ``normalize.stats_path`` when it is set (read by the plan's checks); otherwise
+    ``<run_dir>/channel_stats.json``: kept when it was computed from the same inputs (:func:`stats_source`'s
+    fingerprint: ``data`` and any ``train.extra_datasets``, their tables, rows, channels, bit depth, and the
+    normalisation settings), else computed on up to ``normalize.stats_samples`` images and written there. This is
+    the file the embed stage of the same plan would compute and read, so a workflow that runs many plans (one per
+    plate, say) can compute it once and point each plan's ``normalize.stats_path`` at it.
+
+    :raises ConfigError: naming ``normalize.mode`` when it is not ``dataset`` (there are no dataset statistics),
+        or ``data`` when the plan has no dataset.
+    :raises cellssl.errors.DataError: from the datasets, or when the statistics would not be finite.
+    """
+    from cellssl.data.preprocess import CHANNEL_STATS_FILE, resolve_channel_stats
+
+    if plan.normalize.mode != "dataset":
+        raise ConfigError("normalize.mode", f"is '{plan.normalize.mode}'; only normalize.mode: dataset uses channel "
+                                            "statistics computed on the dataset")
+    if plan.normalize.stats_path:
+        check_plan(plan)
+        return Path(plan.normalize.stats_path)
+    if plan.data is None:
+        raise ConfigError("data", "is required to compute channel statistics, e.g. `data: {name: table, ...}`.")
+    source, fingerprint = stats_source(plan)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    resolve_channel_stats(plan.run_dir, None, source, plan.normalize.stats_samples, fingerprint=fingerprint)
+    return plan.run_dir / CHANNEL_STATS_FILE
+
+
 def _eval_preprocess(run: Run) -> Any:
     from cellssl.data.preprocess import EvalPreprocess, build_run_normalizer
     from cellssl.distributed import main_process_first

@@ -69,19 +69,26 @@ def build_local_launcher(config: LocalLauncherConfig) -> LocalLauncher:
     return LocalLauncher(config)
 
 
-def launch(config: DictConfig, stages: list[str] | None = None, *, restart: bool = False) -> LaunchResult:
+def launch(config: DictConfig | RunPlan, stages: list[str] | None = None, *, restart: bool = False) -> LaunchResult:
     """Validate the whole run plan, then hand it to the launcher its config names (default ``local``).
 
     The plan (every section, every ``eval[i]``, the launcher, the weights) is built before anything runs or is
     submitted, so a mistake anywhere is reported at once.
 
+    :param config: a run config, or a plan already built from one (:func:`cellssl.plan.build.build_plan`); a plan
+        is used as it is when ``stages`` is ``None`` or its own stages, so what the run's checks build (its
+        datasets, ``plan.cache``) stays readable by the caller afterwards (``local`` launcher).
     :param restart: start over in a run directory whose finished outputs came from another config.
     :raises ConfigError: for an invalid plan or launcher block.
     :raises CellsslError: from the launcher (e.g. a waited-for SLURM job that failed).
     """
     from cellssl.plan.build import build_plan
+    from cellssl.plan.model import RunPlan
 
-    plan = build_plan(config, stages)
+    if isinstance(config, RunPlan):
+        plan = config if stages is None or list(stages) == config.stages else build_plan(config.config, stages)
+    else:
+        plan = build_plan(config, stages)
     launcher = plan.launcher.build()
     logger.debug("launching with %s", plan.launcher.name)
     return launcher.launch(plan, stages, restart=restart)

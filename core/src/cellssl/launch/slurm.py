@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from cellssl.launch.slurm_config import CLUSTERS, SlurmLauncherConfig
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLUSTERS", "SlurmLauncher", "SlurmLauncherConfig", "build_slurm_launcher", "job_folder",
-           "resolve_run_dir", "submit"]
+           "resolve_run_dir", "submit", "submit_job_array"]
 
 
 def job_folder(config: SlurmLauncherConfig, run_dir: Path) -> str:
@@ -84,6 +85,38 @@ def submit(config: SlurmLauncherConfig, config_yaml: str, run_dir: Path, stages:
     logger.info("submitted job %s (%d node(s) x %d task(s)); run directory %s; logs in %s", job.job_id,
                 config.nodes, config.tasks, resolve_run_dir(run_dir, str(job.job_id)), job.paths.folder)
     return job
+
+
+def submit_job_array(config: SlurmLauncherConfig, run_dir: Path, tasks: Sequence[Callable[[], Any]], *,
+                     parallel: int | None = None) -> list[Any]:
+    """Submit each of ``tasks`` as one job of a job array, with the resources of ``config``.
+
+    For workflows whose unit of work is not a whole run (one task per chunk of plates, say). Each task is a
+    picklable callable without arguments; it runs once, in its own process (a SLURM array element, or a local
+    process with ``cluster: local``); a task that returns a ``submitit.helpers.DelayedSubmission`` from its
+    ``checkpoint()`` method is requeued on preemption or timeout. Job files and logs go to
+    :func:`job_folder` (``<run_dir>/slurm/<job id>`` by default).
+
+    :param config: the ``slurm`` launcher's settings (``launcher.settings`` of a plan, or built in code).
+    :param run_dir: the run directory the job folder is derived from.
+    :param tasks: the callables; none: nothing is submitted.
+    :param parallel: at most this many tasks of the array run at once (SLURM ``--array=...%N``; ignored by
+        ``cluster: local``, which starts them all).
+    :return: the submitit jobs, in the order of ``tasks`` (``job.job_id``, ``job.result()``, ``job.paths.folder``).
+    :raises ValueError: for ``parallel < 1``.
+    """
+    if parallel is not None and parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    if not tasks:
+        return []
+    executor = make_executor(config, run_dir)
+    if parallel is not None and config.cluster == "slurm":
+        executor.update_parameters(slurm_array_parallelism=int(parallel))
+    with executor.batch():
+        jobs = [executor.submit(task) for task in tasks]
+    logger.info("submitted %d task(s) as a job array (%d node(s) x %d task(s) each); logs in %s", len(jobs),
+                config.nodes, config.tasks, job_folder(config, run_dir))
+    return jobs
 
 
 def _remove_empty_dirs(path: Path) -> None:
