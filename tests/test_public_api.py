@@ -20,7 +20,6 @@ ALLOWED = {"cellssl.api"}
 # yet: (file relative to the checkout, imported module). Each one is a gap in cellssl.api, not a licence;
 # the test fails when one is no longer used, so the list only shrinks.
 _CHAMMI = "plugins/cellssl-chammi/src/cellssl_chammi/"
-_JUMP = "plugins/cellssl-jumpcp/src/cellssl_jumpcp/"
 KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     # CHAMMI embeds its subsets with the run's model by rebuilding the run (config sections, weights,
     # normalisation, feature recipe, export): the job of a shared embedder offered through EvalContext.
@@ -32,18 +31,6 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     (_CHAMMI + "embedder.py", "cellssl.data.normalize"),
     (_CHAMMI + "embedder.py", "cellssl.data.preprocess"),
     (_CHAMMI + "embedder.py", "cellssl.embed.export"),
-    # JUMP's plate arrays plan, launch and merge per-plate runs: run plan, fingerprints, manifests,
-    # channel statistics, SLURM executor and the embedding writer of the pipeline.
-    (_JUMP + "array.py", "cellssl.plan.fingerprint"),
-    (_JUMP + "array.py", "cellssl.plan.build"),
-    (_JUMP + "array.py", "cellssl.plan.checks"),
-    (_JUMP + "array.py", "cellssl.pipeline"),
-    (_JUMP + "array.py", "cellssl.embed.manifest"),
-    (_JUMP + "array.py", "cellssl.embed.store"),
-    (_JUMP + "array.py", "cellssl.data.preprocess"),
-    (_JUMP + "array.py", "cellssl.launch.slurm"),
-    (_JUMP + "merge.py", "cellssl.plan.build"),
-    (_JUMP + "cli.py", "cellssl.config.compose"),
 }
 
 

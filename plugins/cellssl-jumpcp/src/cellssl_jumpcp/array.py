@@ -10,32 +10,38 @@ Layout of an array run directory ``<run>`` (``run.output_dir``)::
     <run>/plates/<plate>/plate_done.json     written last, once the plate's embedding manifest verified
     <run>/slurm/<job id>/                    submitit's files and logs of each task
 
-A task (:class:`PlateChunkJob`) runs the core's embed stage (:func:`cellssl.pipeline.execute` with
+A task (:class:`PlateChunkJob`) runs the core's embed stage (:func:`cellssl.api.launch` of the plan with
 ``["embed"]``) for each plate of its chunk, with ``data.plates: [<plate>]`` and ``run.output_dir:
 <run>/plates/<plate>``. A plate is *done* only when its ``plate_done.json`` names the same plate config and its
-embedding folder passes :func:`cellssl.embed.manifest.verify_manifests` (complete manifest, every shard listed
-and unchanged, same fingerprint): a done plate is skipped by every later submission, an unfinished one is run
+embedding folder is read by :func:`cellssl.api.read_embeddings` (complete manifest, every shard listed and
+unchanged, same fingerprint): a done plate is skipped by every later submission, an unfinished one is run
 again (the embed stage keeps its complete shards). A plate that fails does not stop the other plates of its
 chunk; the task then fails, naming the plates. The final merge (:mod:`cellssl_jumpcp.merge`) needs every plate.
 
 Channel statistics must be the same for every plate, so ``normalize.mode: dataset`` needs either
 ``normalize.stats_path`` or ``stats_plates`` (the submitting process computes them once on those plates, into
-``<run>/channel_stats.json``, and every plate reads that file).
+``<run>/channel_stats.json``, by :func:`cellssl.api.run_channel_stats`, and every plate reads that file).
+
+Tasks are submitted with :func:`cellssl.api.submit_job_array`, with the ``slurm`` launcher's settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.api import CellsslError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from cellssl.api import SlurmLauncherConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +81,11 @@ def plate_config(config: DictConfig, plate: str, run_dir: Path) -> DictConfig:
 
 
 def config_digest(config: DictConfig) -> str:
-    """Digest of a resolved config (what a plate's ``plate_done.json`` records)."""
-    from cellssl.plan.fingerprint import digest
-
-    return digest(OmegaConf.to_container(config, resolve=True))
+    """SHA-256 (hex) of a config, resolved, as canonical JSON (sorted keys, no spaces; values JSON cannot hold
+    as their text): what a plate's ``plate_done.json`` records. Independent of key order."""
+    text = json.dumps(OmegaConf.to_container(config, resolve=True), sort_keys=True, separators=(",", ":"),
+                      default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def uses_intensity_baseline(config: DictConfig) -> bool:
@@ -92,8 +99,7 @@ def plate_status(run_dir: Path, plate: str, digest: str | None = None) -> str | 
 
     :param digest: the plate config's :func:`config_digest` the plate must have been embedded with (``None``: any).
     """
-    from cellssl.embed.manifest import verify_manifests
-    from cellssl_jumpcp.profiles import shard_files
+    from cellssl.api import read_embeddings
 
     folder = plate_dir(run_dir, plate)
     marker = folder / DONE_FILE
@@ -107,7 +113,7 @@ def plate_status(run_dir: Path, plate: str, digest: str | None = None) -> str | 
         return "embedded with another config"
     try:
         for sub in [EMBEDDINGS_DIR, *([INTENSITY_DIR] if record.get("intensity") else [])]:
-            verify_manifests(folder / sub, shard_files(folder / sub), expected_fingerprint=record.get("fingerprint"))
+            read_embeddings(folder / sub, expected_fingerprint=record.get("fingerprint"), lazy=True)  # verifies
     except DataError as exc:
         return str(exc)
     return None
@@ -116,15 +122,17 @@ def plate_status(run_dir: Path, plate: str, digest: str | None = None) -> str | 
 def list_plates(config: DictConfig) -> list[str]:
     """The plates of the run's JUMP source: its load_data tables after ``data.batches`` / ``data.plates``, sorted.
 
-    Reads only the load_data tables (no image).
+    Validates the config (no stage required) and reads only the load_data tables (no image).
 
-    :raises ConfigError: when ``data`` is not a JUMP dataset.
+    :raises ConfigError: for an invalid config, or when ``data`` is not a JUMP dataset.
     :raises DataError: see :class:`cellssl_jumpcp.source.JumpSource` (missing tables, unknown plates).
     """
-    from cellssl.plan.build import data_spec
+    from cellssl.api import build_run_plan
     from cellssl_jumpcp.loaddata import find_tables, read_load_data
 
-    spec = data_spec(config.get("data"), "data")
+    spec = build_run_plan(config, []).data
+    if spec is None:
+        raise ConfigError("data", f"is required: a plate array runs {' or '.join(JUMP_DATASETS)}")
     if spec.component.name not in JUMP_DATASETS:
         raise ConfigError("data.name", f"is '{spec.component.name}'; a plate array runs {' or '.join(JUMP_DATASETS)}")
     cfg = spec.component.config
@@ -147,20 +155,14 @@ def list_plates(config: DictConfig) -> list[str]:
 
 def shared_stats(config: DictConfig, run_dir: Path, plates: Sequence[str]) -> Path:
     """Channel statistics of the dataset restricted to ``plates`` -> ``<run>/channel_stats.json`` (reused when it was
-    computed from the same inputs, as a single run reuses its own)."""
-    from cellssl.data.preprocess import CHANNEL_STATS_FILE, resolve_channel_stats
-    from cellssl.pipeline import stats_source
-    from cellssl.plan.build import build_plan
+    computed from the same inputs, as a single run reuses its own; :func:`cellssl.api.run_channel_stats`)."""
+    from cellssl.api import build_run_plan, run_channel_stats
 
     stats_config = config.copy()
     OmegaConf.update(stats_config, "data.plates", [str(p) for p in plates], merge=False)
     OmegaConf.update(stats_config, "run.output_dir", str(run_dir))
     stats_config.launcher = None
-    plan = build_plan(stats_config, ["embed"])
-    source, fingerprint = stats_source(plan)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolve_channel_stats(run_dir, None, source, plan.normalize.stats_samples, fingerprint=fingerprint)
-    return run_dir / CHANNEL_STATS_FILE
+    return run_channel_stats(build_run_plan(stats_config, ["embed"]))
 
 
 @dataclass
@@ -178,7 +180,7 @@ class PlateArray:
     plates: list[str]
     todo: list[list[str]]
     done: list[str]
-    launcher: Any
+    launcher: SlurmLauncherConfig
 
 
 def prepare_array(config: DictConfig, plates: Sequence[str] | None = None, chunk: int = 1, *,
@@ -194,10 +196,9 @@ def prepare_array(config: DictConfig, plates: Sequence[str] | None = None, chunk
         normalisation without shared statistics.
     :raises DataError: for unknown plates or unreadable load_data tables.
     """
-    from cellssl.launch.slurm import SlurmLauncherConfig
-    from cellssl.plan.build import build_plan
+    from cellssl.api import SlurmLauncherConfig, build_run_plan
 
-    plan = build_plan(config)
+    plan = build_run_plan(config)
     if plan.data is None or plan.data.component.name not in JUMP_DATASETS:
         raise ConfigError("data.name", f"a plate array embeds a JUMP dataset ({', '.join(JUMP_DATASETS)})")
     if plan.backbone is None:
@@ -209,7 +210,7 @@ def prepare_array(config: DictConfig, plates: Sequence[str] | None = None, chunk
         raise ConfigError("eval", "lists no jump_map evaluator; the array's merge step scores the plates with it")
     settings = plan.launcher.settings if plan.launcher.name == "slurm" else SlurmLauncherConfig()
     if local:
-        settings = SlurmLauncherConfig(**{**settings.__dict__, "cluster": "local"})
+        settings = replace(settings, cluster="local")
     if settings.nodes != 1 or settings.tasks != 1:
         raise ConfigError("launcher", f"asks for {settings.nodes} node(s) x {settings.tasks} task(s); a plate task is "
                                       "one process: set launcher.nodes=1, launcher.tasks_per_node=1")
@@ -309,31 +310,27 @@ def embed_plate(config: DictConfig, digest: str, intensity: bool, *, restart: bo
     :return: the plate's run directory.
     :raises CellsslError: from the run (invalid data, unreadable images) or when the written set does not verify.
     """
-    from cellssl.api import atomic_write_json
-    from cellssl.embed.manifest import verify_manifests
-    from cellssl.pipeline import execute, expected_embedding
-    from cellssl.plan.checks import plan_dataset
-    from cellssl_jumpcp.profiles import shard_files
+    from cellssl.api import atomic_write_json, build_run_plan, launch, plan_dataset, read_embeddings
 
     started = time.time()
-    run, outputs = execute(config, ["embed"], restart=restart)
-    folder = Path(outputs["embed"])
-    expected = expected_embedding(run)
-    fingerprint = expected[0] if expected else None
-    manifest = verify_manifests(folder, shard_files(folder), expected_fingerprint=fingerprint)
+    plan = build_run_plan(config, ["embed"])
+    result = launch(plan, ["embed"], restart=restart)  # the plate config's launcher is local: runs here
+    folder = Path(result.outputs["embed"])
+    manifest = read_embeddings(folder, lazy=True).manifest  # verifies: complete, every shard listed and unchanged
+    fingerprint = manifest.get("fingerprint")
     if intensity:
-        write_intensity(plan_dataset(run.require_plan()), run.run_dir / INTENSITY_DIR, fingerprint or "")
+        write_intensity(plan_dataset(plan), result.run_dir / INTENSITY_DIR, fingerprint or "")
     record = {"plate": str(config.data.plates[0]), "config_digest": digest, "fingerprint": fingerprint,
               "rows": int(manifest["rows"]), "intensity": intensity, "seconds": round(time.time() - started, 3)}
-    atomic_write_json(run.run_dir / DONE_FILE, record)
+    atomic_write_json(result.run_dir / DONE_FILE, record)
     logger.info("plate %s done: %d cells in %.1f s", record["plate"], record["rows"], record["seconds"])
-    return run.run_dir
+    return result.run_dir
 
 
 def write_intensity(dataset: Any, folder: Path, fingerprint: str) -> Path:
     """Per-channel intensity statistics of every sample (:func:`cellssl_jumpcp.evaluator.intensity_features`),
     written as an embedding set (shards + manifest) with the dataset's metadata."""
-    from cellssl.embed.store import EmbeddingWriter
+    from cellssl.api import EmbeddingWriter
     from cellssl_jumpcp.evaluator import intensity_features
 
     features = intensity_features(dataset)
@@ -348,9 +345,9 @@ def submit_array(array: PlateArray, *, restart: bool = False, parallel: int | No
 
     :param parallel: at most this many tasks at once (SLURM ``--array=...%N``).
     :return: the submitit jobs (``[]`` when every plate is done).
+    :raises ValueError: for ``parallel < 1``.
     """
-    from cellssl.api import atomic_write_json
-    from cellssl.launch.slurm import make_executor
+    from cellssl.api import atomic_write_json, submit_job_array
 
     array.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(array.run_dir / ARRAY_FILE, {"plates": array.plates, "done": array.done, "todo": array.todo,
@@ -358,12 +355,9 @@ def submit_array(array: PlateArray, *, restart: bool = False, parallel: int | No
     if not array.todo:
         logger.info("every plate of %s is done; nothing to submit", array.run_dir)
         return []
-    executor = make_executor(array.launcher, array.run_dir)
-    if parallel is not None and array.launcher.cluster == "slurm":
-        executor.update_parameters(slurm_array_parallelism=int(parallel))
     config_yaml = OmegaConf.to_yaml(array.config, resolve=True)
-    with executor.batch():
-        jobs = [executor.submit(PlateChunkJob(config_yaml, plates, restart)) for plates in array.todo]
+    jobs = submit_job_array(array.launcher, array.run_dir,
+                            [PlateChunkJob(config_yaml, plates, restart) for plates in array.todo], parallel=parallel)
     logger.info("submitted %d task(s) for %d plate(s) (%d done before); logs in %s", len(jobs),
                 sum(len(c) for c in array.todo), len(array.done), array.run_dir / "slurm")
     return jobs

@@ -32,7 +32,7 @@ def _add_array_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from cellssl.config.compose import load_run_config
+    from cellssl.api import load_run_config
 
     return load_run_config(args.config, args.overrides)
 
@@ -44,6 +44,8 @@ def _run_array(args: argparse.Namespace) -> int:
 
     if args.chunk < 1:
         raise ConfigError("--chunk", f"must be >= 1, got {args.chunk}")
+    if args.parallel is not None and args.parallel < 1:
+        raise ConfigError("--parallel", f"must be >= 1, got {args.parallel}")
     array = prepare_array(_load(args), args.plates, args.chunk, local=args.local, stats_plates=args.stats_plates)
     jobs = submit_array(array, restart=args.restart, parallel=args.parallel)
     print(f"{len(array.plates)} plate(s): {len(array.done)} done before, {sum(map(len, array.todo))} submitted in "
@@ -77,7 +79,7 @@ def _print_result(result: dict[str, Any], run_dir: Any) -> None:
 
 
 def jump_commands() -> list[Any]:
-    """The :class:`~cellssl.plugins.registry.CliCommand` objects ``jump array`` and ``jump merge``."""
+    """The :class:`~cellssl.api.CliCommand` objects ``jump array`` and ``jump merge``."""
     from cellssl.api import CliCommand
 
     return [

@@ -30,8 +30,7 @@ def merge_array(config: DictConfig, plates: Sequence[str] | None = None) -> dict
     :raises ConfigError: when ``eval`` has no ``jump_map`` entry.
     :raises DataError: naming the plates that are not done (and why), or from the evaluator.
     """
-    from cellssl.api import atomic_write_json, atomic_write_text
-    from cellssl.plan.build import build_plan
+    from cellssl.api import atomic_write_json, atomic_write_text, build_run_plan
     from cellssl_jumpcp.array import (
         ARRAY_FILE,
         EMBEDDINGS_DIR,
@@ -44,7 +43,7 @@ def merge_array(config: DictConfig, plates: Sequence[str] | None = None) -> dict
     )
     from cellssl_jumpcp.profiles import iter_plates
 
-    plan = build_plan(config)
+    plan = build_run_plan(config)
     specs = [e for e in plan.evaluators if e.name == "jump_map"]
     if not specs:
         raise ConfigError("eval", "lists no jump_map evaluator; add `eval: [{name: jump_map}]`")
