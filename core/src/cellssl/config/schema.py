@@ -8,6 +8,7 @@ from cellssl.data.normalize_config import NormalizeConfig
 
 PRECISIONS = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+BF16_MODES = ("auto", "cast", "autocast")  # embed.bf16; see cellssl.embed.fast
 
 
 @dataclass
@@ -86,7 +87,14 @@ class EmbedSection:
         then every image of the dataset must have the same size).
     :ivar batch_size: images per forward pass.
     :ivar num_workers: DataLoader worker processes.
-    :ivar precision: ``bf16`` (autocast on CPU and CUDA) or ``fp32``.
+    :ivar precision: ``bf16`` or ``fp32``. bf16 is fast only where the hardware has native bf16 (CUDA, CPUs with
+        AVX512-BF16 or AMX); on an AVX2-only CPU it is about 10x slower than fp32 (a warning says so).
+    :ivar bf16: how ``precision: bf16`` runs: ``cast`` (the weights are cast to bf16 once and inputs cast; no
+        per-call casts), ``autocast`` (fp32 weights under ``torch.autocast``) or ``auto`` (``cast`` on CUDA and on
+        CPUs with native bf16, ``autocast`` elsewhere; see :mod:`cellssl.embed.fast`). The two give slightly
+        different numbers, so the mode used is part of the embedding fingerprint.
+    :ivar compile: run the backbone through ``torch.compile`` (inductor; needs a C++ compiler on CPU, else the
+        backbone runs eager with a warning). Each new batch shape compiles once (tens of seconds on a CPU).
     :ivar shard_rows: rows per Parquet shard (bounds memory).
     :ivar limit: embed only the first ``limit`` samples (``None``: all).
     :ivar features: backbone features per image (see :class:`FeaturesSection`).
@@ -96,6 +104,8 @@ class EmbedSection:
     batch_size: int = 64
     num_workers: int = 0
     precision: str = "bf16"
+    bf16: str = "auto"
+    compile: bool = False
     shard_rows: int = 50_000
     limit: int | None = None
     features: FeaturesSection = field(default_factory=FeaturesSection)
@@ -103,5 +113,8 @@ class EmbedSection:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.bf16 not in BF16_MODES:
+            raise ValueError(f"embed.bf16 must be one of {', '.join(BF16_MODES)} (how precision bf16 runs), "
+                             f"got {self.bf16!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellssl.embed.fast import eager, prepare_for_inference
+
 Preprocess = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
 
@@ -27,18 +29,21 @@ class Embedder:
     :param strategy: the run's :class:`~cellssl.channels.base.ChannelStrategy`.
     :param backbone: maps ``(N, in_chans, H, W)`` to ``(N, D)`` (the feature wrapper included); put in eval mode.
     :param preprocess: ``(image (C, H, W), channel names) -> image`` (resize and normalise).
-    :param precision: ``bf16`` (autocast on CPU and CUDA) or ``fp32``.
+    :param precision: ``bf16`` or ``fp32``. :param bf16: how bf16 runs (``auto``, ``cast``: weights cast once,
+        ``autocast``); :param compile: ``torch.compile`` the backbone (see :mod:`cellssl.embed.fast`).
     :param device: where the backbone runs.
     :param batch_size: images per forward pass. :param num_workers: DataLoader workers of :meth:`export`.
     """
 
     def __init__(self, strategy: Any, backbone: nn.Module, preprocess: Preprocess, *, precision: str = "bf16",
-                 device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0) -> None:
+                 device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0,
+                 bf16: str = "auto", compile: bool = False) -> None:
         self.strategy = strategy
         self.device = torch.device(device)
         self.backbone = backbone.to(self.device).eval()
         self.preprocess = preprocess
         self.precision = precision
+        self.inference = prepare_for_inference(self.backbone, precision, bf16, compile, self.device)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
 
@@ -50,10 +55,9 @@ class Embedder:
         :param precision: override the embedder's precision for this call.
         :raises cellssl.errors.DataError: if the channels do not fit the strategy.
         """
-        from cellssl.embed.export import autocast_context
-
-        with autocast_context(self.device, precision or self.precision):
-            out = self.strategy.embed(self.backbone, images.to(self.device), tuple(channel_names))
+        use = self.inference if precision in (None, self.precision) else eager(self.backbone, precision, self.device)
+        with use.context():
+            out = self.strategy.embed(use.module, use.inputs(images), tuple(channel_names))
         return out.float().cpu()
 
     def preprocessed(self, dataset: Any, rows: Sequence[int]) -> tuple[torch.Tensor, tuple[str, ...]]:
@@ -76,4 +80,4 @@ class Embedder:
 
         return export_embeddings(dataset, self.strategy, self.backbone, out_dir, preprocess=self.preprocess,
                                  batch_size=self.batch_size, num_workers=self.num_workers, precision=self.precision,
-                                 device=self.device, **writer)
+                                 device=self.device, inference=self.inference, **writer)

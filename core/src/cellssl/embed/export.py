@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from cellssl.channels.base import ChannelStrategy
 from cellssl.data.dataset import CellDataset
 from cellssl.data.sample import CellSample
+from cellssl.embed.fast import Inference, prepare_for_inference
 from cellssl.embed.store import EmbeddingWriter
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ def export_embeddings(
     num_workers: int = 0,
     precision: str = "bf16",
     device: torch.device | str = "cpu",
+    bf16: str = "auto",
+    compile: bool = False,
+    inference: Inference | None = None,
     shard_rows: int = 50_000,
     indices: Sequence[int] | None = None,
     shard_prefix: str = "",
@@ -80,14 +84,20 @@ def export_embeddings(
         ``out_dir`` with the same fingerprint resumes: its complete shards are kept and the remaining rows are
         embedded. Batches never cross a shard boundary, so a resumed export equals an uninterrupted one.
     :param manifest_extra: top-level manifest entries (rank, world size, skipped rows).
+    :param bf16: how ``precision="bf16"`` runs (``auto``, ``cast``, ``autocast``); :param compile: torch.compile
+        the backbone. See :func:`cellssl.embed.fast.prepare_for_inference`.
+    :param inference: the backbone already prepared (an :class:`~cellssl.embed.embedder.Embedder` passes its own, so
+        nothing is cast or compiled again); then ``backbone``, ``precision``, ``device``, ``bf16`` and ``compile``
+        are not used. The manifest's ``info.inference`` records its numerics and whether it was compiled.
     :return: ``out_dir``.
     """
-    device = torch.device(device)
-    backbone = backbone.to(device).eval()
+    if inference is None:
+        inference = prepare_for_inference(backbone, precision, bf16, compile, device)
     positions = list(indices) if indices is not None else list(range(len(dataset)))
     channel_names = tuple(dataset.channel_names)
     info = {"channels": list(channel_names), "strategy": strategy.describe(),
-            "blocks": strategy.block_names(channel_names), **(manifest_info or {})}
+            "blocks": strategy.block_names(channel_names),
+            "inference": {"numerics": inference.numerics, "compiled": inference.compiled}, **(manifest_info or {})}
     out_dir = Path(out_dir)
     batcher = _Batcher(preprocess)
     with EmbeddingWriter(out_dir, shard_rows=shard_rows, shard_prefix=shard_prefix, info=info, overwrite=True,
@@ -100,8 +110,8 @@ def export_embeddings(
                 loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=num_workers,
                                                      collate_fn=batcher, persistent_workers=False)
                 for images, batch_indices in loader:
-                    with autocast_context(device, precision):
-                        embeddings = strategy.embed(backbone, images.to(device, non_blocking=True), channel_names)
+                    with inference.context():
+                        embeddings = strategy.embed(inference.module, inference.inputs(images), channel_names)
                     meta = dataset.metadata.iloc[batch_indices].reset_index(drop=True)
                     writer.write(meta, embeddings.float().cpu().numpy())
                     bar.update(len(batch_indices))

@@ -1,8 +1,9 @@
 """Fingerprints: short digests of what an output was computed from, so stale outputs are recognised.
 
 - :func:`embedding_fingerprint`: data (block, rows, table content, channels), channel strategy, backbone,
-  weights (file digest; the seed for a random initialisation), feature recipe, input size, precision and
-  normalisation. Stored in an embedding set's manifest; readers compare it with the run's config.
+  weights (file digest; the seed for a random initialisation), feature recipe, input size, precision (with the
+  bf16 mode: autocast or weights cast) and normalisation. Stored in an embedding set's manifest; readers compare
+  it with the run's config.
 - :func:`stats_fingerprint`: what channel statistics were computed from (tables, rows, channels, data
   blocks with their bit depth, normalisation settings, seed). Stored in ``channel_stats.json``.
 
@@ -83,9 +84,23 @@ def embedding_parts(plan: RunPlan, dataset: Any, weights: Path | None) -> dict[s
         "weights": weights_identity(plan, weights),
         "features": _plain(plan.embed.features),
         "img_size": plan.embed.img_size,
-        "precision": plan.embed.precision,
+        "precision": embedding_numerics(plan),
         "normalize": normalize,
     }
+
+
+def embedding_numerics(plan: RunPlan) -> str:
+    """The ``precision`` part of an embedding fingerprint: ``fp32``, ``bf16`` (autocast) or ``bf16-cast`` (weights
+    cast to bf16), resolving ``embed.bf16: auto`` for the device the run uses (see :mod:`cellssl.embed.fast`).
+    ``embed.compile`` is not part of it: compiled and eager forwards agree within float rounding."""
+    from cellssl.embed.fast import numerics
+
+    if plan.embed.precision != "bf16":
+        return plan.embed.precision
+    import torch
+
+    cuda = plan.run.device == "cuda" or (plan.run.device == "auto" and torch.cuda.is_available())
+    return numerics(plan.embed.precision, plan.embed.bf16, "cuda" if cuda else "cpu")
 
 
 def embedding_fingerprint(plan: RunPlan, dataset: Any, weights: Path | None) -> str:

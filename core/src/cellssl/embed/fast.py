@@ -1,0 +1,182 @@
+"""How the backbone runs at embedding time: fp32, bf16 (weights cast once, or autocast per call), compiled or not.
+
+:func:`prepare_for_inference` turns a backbone into the module an :class:`~cellssl.embed.embedder.Embedder` calls,
+and says how to call it (:class:`Inference`: the input dtype and whether the call needs an autocast context).
+
+bf16 has two modes (``embed.bf16``):
+
+- ``autocast``: fp32 weights; every call runs under ``torch.autocast`` (matmuls and convolutions in bf16, layer
+  norms, softmax and the residual stream in fp32).
+- ``cast``: the weights are cast to bf16 once (on a copy: the caller's backbone is left in fp32) and inputs are
+  cast to bf16, so no per-call casts are made; every operation runs in bf16, so the numbers differ more from fp32
+  than autocast's do (on a random ViT-S/8, cosine to fp32 >= 0.999 per embedding; see tests/test_embed_fast.py).
+- ``auto``: ``cast`` on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), where skipping the per-call casts
+  is faster; ``autocast`` elsewhere. On a CPU without native bf16 (AVX2 only) both modes measured the same speed
+  (bf16 matmul is emulated there and about 10x slower than fp32, so such CPUs should use ``embed.precision:
+  fp32``; a warning says so), and autocast stays closer to fp32.
+
+The two modes give different numbers, so the resolved mode is part of an embedding set's fingerprint
+(:func:`numerics`): a table made one way is not read as the other.
+
+``embed.compile: true`` wraps the module in ``torch.compile`` (inductor). Inductor needs a working C++ compiler on
+CPU; :func:`compile_unavailable` tries a tiny compiled function first, and when that fails the backbone runs eager
+with a warning that names the reason. The first batch of each new shape pays the compilation (tens of seconds on a
+2-core CPU for ViT-S).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cellssl.config.schema import BF16_MODES
+
+logger = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A backbone prepared for inference and how to call it.
+
+    :ivar module: the module to call (a bf16 copy for ``cast``, compiled for ``compile``; else the backbone).
+    :ivar input_dtype: dtype inputs are cast to before the call (``torch.bfloat16`` for ``cast``).
+    :ivar autocast: whether calls run under bf16 autocast.
+    :ivar numerics: ``fp32``, ``bf16`` (autocast) or ``bf16-cast``: what the numbers depend on (see :func:`numerics`).
+    :ivar compiled: whether ``module`` is compiled (``False`` also when compilation was asked for but unavailable).
+    """
+
+    module: nn.Module
+    input_dtype: torch.dtype
+    autocast: bool
+    numerics: str
+    compiled: bool
+    device: torch.device
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` on the device, in the dtype the module takes."""
+        return images.to(self.device, dtype=self.input_dtype, non_blocking=True)
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        """The context calls run in: bf16 autocast for the ``autocast`` mode, else nothing."""
+        if self.autocast:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def eager(backbone: nn.Module, precision: str, device: torch.device | str) -> Inference:
+    """``backbone`` as it is (fp32 weights, not compiled), under autocast for ``precision="bf16"``."""
+    device = torch.device(device)
+    return Inference(backbone, torch.float32, precision == "bf16", "bf16" if precision == "bf16" else "fp32", False,
+                     device)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` has native bf16 matmuls: CUDA, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_bf16_mode(mode: str, device: torch.device | str) -> str:
+    """``cast`` or ``autocast``: the bf16 mode ``mode`` means on ``device`` (``auto``: see the module docstring).
+
+    :raises ValueError: for a mode not in :data:`BF16_MODES`.
+    """
+    if mode not in BF16_MODES:
+        raise ValueError(f"embed.bf16 must be one of {', '.join(BF16_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "cast" if native_bf16(device) else "autocast"
+
+
+def numerics(precision: str, bf16_mode: str, device: torch.device | str) -> str:
+    """The fingerprint's ``precision`` entry: ``fp32``, ``bf16`` (autocast) or ``bf16-cast``.
+
+    The autocast label stays ``bf16`` so embedding sets written before bf16 casting existed keep their fingerprint.
+    """
+    if precision != "bf16":
+        return precision
+    return "bf16-cast" if resolve_bf16_mode(bf16_mode, device) == "cast" else "bf16"
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x * 2.0 + 1.0).sum()
+
+
+@functools.cache
+def _compile_unavailable(device_type: str) -> str | None:
+    try:
+        compiled = torch.compile(_probe, backend="inductor", fullgraph=True)
+        result = compiled(torch.ones(8, device=device_type))
+        if float(result) != 24.0:
+            return f"a compiled test function returned {float(result)} instead of 24.0"
+    except Exception as exc:  # any failure to compile means: run eager
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first[:300]}"
+    return None
+
+
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """``None`` when ``torch.compile`` (inductor) works on ``device``, else why not (one line).
+
+    Compiles and runs a tiny function once per process and device type (a few seconds the first time).
+    """
+    return _compile_unavailable(torch.device(device).type)
+
+
+def _warn_slow_bf16(device: torch.device) -> None:
+    if device.type == "cpu" and not native_bf16(device):
+        logger.warning(
+            "embed.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated here and run about "
+            "10x slower than fp32 (benchmarks/embed_throughput.py measures it); set embed.precision=fp32 on this "
+            "machine")
+
+
+def prepare_for_inference(backbone: nn.Module, precision: str = "bf16", bf16: str = "auto", compile: bool = False,
+                          device: torch.device | str = "cpu") -> Inference:
+    """Prepare ``backbone`` (already in eval mode) for inference on ``device``.
+
+    :param precision: ``fp32`` or ``bf16``.
+    :param bf16: ``auto``, ``cast`` or ``autocast`` (used with ``precision="bf16"`` only).
+    :param compile: wrap the module in ``torch.compile``; when inductor cannot compile here, a warning names the
+        reason and the module runs eager (``Inference.compiled`` is then ``False``).
+    :return: the module to call and how to call it. ``backbone`` itself is moved to ``device`` and not cast.
+    :raises ValueError: for an unknown ``precision`` or ``bf16`` mode.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"embed.precision must be fp32 or bf16, got {precision!r}")
+    device = torch.device(device)
+    module = backbone.to(device).eval()
+    mode = resolve_bf16_mode(bf16, device)
+    input_dtype = torch.float32
+    if precision == "bf16":
+        _warn_slow_bf16(device)
+        if mode == "cast":
+            module = copy.deepcopy(module).to(dtype=torch.bfloat16)
+            input_dtype = torch.bfloat16
+    compiled = False
+    if compile:
+        reason = compile_unavailable(device)
+        if reason is None:
+            module = torch.compile(module)
+            compiled = True
+        else:
+            logger.warning("embed.compile=true but torch.compile cannot run on %s here (%s); embedding runs eager. "
+                           "Inductor needs a C++ compiler (g++ or clang++ on PATH, or $CXX) on CPU.",
+                           device, reason)
+    label = numerics(precision, bf16, device)
+    logger.info("embedding inference: %s%s on %s", label, ", compiled" if compiled else "", device)
+    return Inference(module, input_dtype, precision == "bf16" and mode == "autocast", label, compiled, device)
+
