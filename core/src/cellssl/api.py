@@ -69,6 +69,11 @@ Objectives and evaluators
     and ``config``; ``EvalContext``: run directory, label columns, identity, model and dataset loaders.
     ``to_jsonable(value)``: numpy, paths, tuples and dataclasses as plain JSON (non-finite floats -> None);
     ``write_result_json(result, run_dir, name)``: ``<run_dir>/eval/<name>.json``, atomically.
+    ``Embedder``: what ``EvalContext.embedder()`` returns, the run's embedding path (preprocessing, strategy,
+    weights, feature recipe): ``embed_rows(dataset, rows)``, ``embed_images(images, names)``,
+    ``for_dataset(dataset, stats_dir, data_block=)`` (the same model with the run's preprocessing rebuilt for a
+    dataset with other channels), ``fingerprint(dataset, data_block)`` and ``cached_export(dataset, folder,
+    data_block=)`` (an embedding set reused while its fingerprint is unchanged).
     ``EmbeddingTable`` (``metadata``, ``embeddings`` ``(N, D)`` float32, ``manifest``) /
     ``read_embeddings(path)`` (a complete embedding folder or one shard; ``DataError`` otherwise) /
     ``EMBEDDING_COLUMN``.
@@ -233,6 +238,8 @@ _EXPORTS: dict[str, str] = {
     "atomic_open": "cellssl.atomic:atomic_open",
     "atomic_write_text": "cellssl.atomic:atomic_write_text",
     "atomic_write_json": "cellssl.atomic:atomic_write_json",
+    # the run's embedder (EvalContext.embedder)
+    "Embedder": "cellssl.embed.embedder:Embedder",
 }
 
 __all__ = sorted(["Backbone", *_EXPORTS])

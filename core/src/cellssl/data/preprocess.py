@@ -1,11 +1,15 @@
-"""Preprocessing of images for embedding: resize to one size and normalise, by channel name."""
+"""Preprocessing of images for embedding: resize to one size and normalise, by channel name.
+
+:func:`build_eval_preprocess` is the preprocessing of a run's own data; :class:`DatasetPreprocessFactory`
+rebuilds the same recipe for another dataset (other channels), as ``Embedder.for_dataset`` needs."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -86,3 +90,60 @@ def build_eval_preprocess(
 ) -> EvalPreprocess:
     """The preprocessing of the ``embed:`` and ``normalize:`` sections for ``dataset``."""
     return EvalPreprocess(build_run_normalizer(normalize, dataset, run_dir, fingerprint), embed.img_size)
+
+
+class DatasetPreprocessFactory:
+    """The run's preprocessing rebuilt for ANOTHER dataset (other channels, other images): resize to
+    ``img_size``, then the ``normalize:`` section.
+
+    - per-image modes (``per_image``, ``scale``, ``none``): as configured;
+    - ``dataset`` mode: the statistics of ``normalize.stats_path``; else the run's ``channel_stats.json``
+      (``run_stats``) when it covers every channel of the dataset; else statistics computed on up to
+      ``normalize.stats_samples`` images of the dataset and stored in ``<stats_dir>/channel_stats.json`` with
+      their :func:`~cellssl.plan.fingerprint.stats_fingerprint` (data block, rows, table content, channels,
+      settings), so they are computed once and recomputed only when the dataset or the settings change.
+
+    Calling the factory returns ``(preprocess, normalisation identity)``: the picklable
+    :class:`EvalPreprocess`, and plain data naming the settings and the statistics used (their values), for an
+    embedding fingerprint.
+
+    :param normalize: the run's ``normalize:`` section. :param img_size: the run's ``embed.img_size``.
+    :param run_stats: the run's statistics file (``<run_dir>/channel_stats.json``; ``None``: none).
+    """
+
+    def __init__(self, normalize: NormalizeSection, img_size: int | None, run_stats: Path | None = None) -> None:
+        self.normalize = normalize
+        self.img_size = img_size
+        self.run_stats = Path(run_stats) if run_stats is not None else None
+
+    def _stats(self, dataset: CellDataset, stats_dir: Path, data_block: Mapping[str, Any]) -> ChannelStats:
+        from cellssl.plan.fingerprint import stats_fingerprint
+
+        if self.normalize.stats_path:
+            return ChannelStats.load(self.normalize.stats_path)
+        if self.run_stats is not None and self.run_stats.is_file():
+            stats = ChannelStats.load(self.run_stats)
+            if set(dataset.channel_names) <= set(stats.mean):
+                return stats
+            logger.info("%s covers channels %s, not %s: using statistics of the dataset itself", self.run_stats,
+                        list(stats.channels), list(dataset.channel_names))
+        fingerprint = stats_fingerprint([dict(data_block)], [dataset], self.normalize, 0)
+        return resolve_channel_stats(Path(stats_dir), None, dataset, self.normalize.stats_samples,
+                                     fingerprint=fingerprint)
+
+    def __call__(self, dataset: CellDataset, stats_dir: str | Path,
+                 data_block: Mapping[str, Any] | None = None) -> tuple[EvalPreprocess, dict[str, Any]]:
+        """The preprocessing of ``dataset`` and its identity (see the class docstring).
+
+        :param stats_dir: where statistics computed on ``dataset`` are stored (created if needed).
+        :param data_block: the options ``dataset`` was read with (bit depth, ...), part of the stats fingerprint.
+        :raises DataError: when the statistics cannot be read or would not be finite.
+        """
+        identity: dict[str, Any] = {"settings": dataclasses.asdict(self.normalize), "img_size": self.img_size}
+        stats = None
+        if self.normalize.mode == "dataset":
+            stats = self._stats(dataset, Path(stats_dir), data_block or {})
+            names = tuple(dataset.channel_names)
+            identity["stats"] = {"mean": {c: stats.mean.get(c) for c in names},
+                                 "std": {c: stats.std.get(c) for c in names}}
+        return EvalPreprocess(build_normalizer(self.normalize, stats), self.img_size), identity

@@ -50,7 +50,11 @@ class EvalContext:
         ``preprocess(image, channel_names)`` is the embedding preprocessing (resize + normalise).
     :ivar embedder: for evaluators that need fresh embeddings (other rows, channels dropped): returns the run's
         :class:`~cellssl.embed.embedder.Embedder` — the embed stage's preprocessing, weights and feature recipe,
-        so its embeddings of a row equal the table's. ``None`` when the run has no model.
+        so its embeddings of a row equal the table's. For another dataset (other channels, e.g. the CHAMMI
+        subsets) ``embedder().for_dataset(dataset, stats_dir)`` keeps the model and rebuilds the run's
+        preprocessing for it, and ``cached_export`` keeps its embeddings on disk under their fingerprint.
+        ``None`` when the run has no model (a table evaluated alone): an evaluator that needs one raises
+        ``ConfigError`` naming ``backbone``.
     :ivar device: torch device name the model runs on (``"cpu"``, ``"cuda"``, ...).
     """
 
