@@ -19,19 +19,7 @@ ALLOWED = {"cellssl.api"}
 # Imports of cellssl internals that first-party plugins still need because no public helper does the job
 # yet: (file relative to the checkout, imported module). Each one is a gap in cellssl.api, not a licence;
 # the test fails when one is no longer used, so the list only shrinks.
-_CHAMMI = "plugins/cellssl-chammi/src/cellssl_chammi/"
-KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
-    # CHAMMI embeds its subsets with the run's model by rebuilding the run (config sections, weights,
-    # normalisation, feature recipe, export): the job of a shared embedder offered through EvalContext.
-    (_CHAMMI + "embedder.py", "cellssl.config.schema"),
-    (_CHAMMI + "embedder.py", "cellssl.config.validate"),
-    (_CHAMMI + "embedder.py", "cellssl.pipeline"),
-    (_CHAMMI + "embedder.py", "cellssl.models.checkpoint"),
-    (_CHAMMI + "embedder.py", "cellssl.models.features"),
-    (_CHAMMI + "embedder.py", "cellssl.data.normalize"),
-    (_CHAMMI + "embedder.py", "cellssl.data.preprocess"),
-    (_CHAMMI + "embedder.py", "cellssl.embed.export"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _cellssl_imports(path: Path) -> list[tuple[int, str]]:

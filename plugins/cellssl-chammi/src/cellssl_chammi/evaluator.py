@@ -4,8 +4,14 @@ For each subset of ``subsets`` it
 
 1. builds the subset's dataset from the CHAMMI root (``root``, else the run's ``data.root``);
 2. gets the subset's embeddings: the run's embedding table when it holds exactly that subset (same ``ID``
-   rows in the same order, e.g. ``data: {name: chammi, subset: wtc}``), else embeddings made with the
-   run's own model (:mod:`cellssl_chammi.embedder`), cached in ``<run_dir>/chammi_embeddings/<subset>/``;
+   rows in the same order, e.g. ``data: {name: chammi, subset: wtc}``), else embeddings made by the run's
+   embedder (``EvalContext.embedder``: its channel strategy, weights and feature recipe) with the run's
+   preprocessing rebuilt for the subset (``Embedder.for_dataset``: resize to ``embed.img_size``; ``normalize:``,
+   in ``dataset`` mode with ``normalize.stats_path``, else the run's statistics when they cover the subset's
+   channels, else statistics of the subset stored beside its embeddings). They are kept in
+   ``<run_dir>/chammi_embeddings/<subset>/`` and reused while their fingerprint (the subset's rows, strategy,
+   backbone, weights digest, features, precision, input size, normalisation) is unchanged. A channel-adaptive
+   strategy (``bag_of_channels``) embeds any channel count; a ``fixed`` model fails with the strategy's error;
 3. scores every task with every classifier (:mod:`cellssl_chammi.protocol`).
 
 The result JSON (``eval/chammi.json``, written by the runner) holds the table rows (one per classifier:
@@ -29,9 +35,8 @@ from cellssl_chammi.config import ChammiEvaluatorConfig, ChammiSubsetConfig
 from cellssl_chammi.subsets import SUBSETS, task_label
 
 if TYPE_CHECKING:
-    from cellssl.api import EmbeddingTable
+    from cellssl.api import Embedder, EmbeddingTable
     from cellssl_chammi.dataset import ChammiDataset
-    from cellssl_chammi.embedder import RunModel
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,8 @@ class ChammiEvaluator(Evaluator):
 
     def __init__(self, config: ChammiEvaluatorConfig) -> None:
         self.config = config
-        self._model: RunModel | None = None
+        self._embedder: Embedder | None = None
+        self._device = "cpu"
 
     def _root(self, context: EvalContext) -> str:
         if self.config.root:
@@ -66,20 +72,31 @@ class ChammiEvaluator(Evaluator):
                                              "root (or data.root) to the CHAMMI folder")
         return str(root)
 
-    def _model_for(self, context: EvalContext) -> RunModel:
-        if self._model is None:
-            from cellssl_chammi.embedder import RunModel
+    def _run_embedder(self, key: str, context: EvalContext) -> Embedder:
+        """The run's embedder (``context.embedder``), loaded once.
 
-            self._model = RunModel.from_run_dir(context.run_dir, getattr(context, "load_model", None))
-        return self._model
+        :raises ConfigError: (key ``backbone``) when the context offers none: the table is evaluated alone.
+        """
+        if self._embedder is None:
+            if context.embedder is None:
+                raise ConfigError(
+                    "backbone", f"the chammi evaluator embeds CHAMMI {SUBSETS[key].title} with the run's model, but "
+                                "this evaluation has none (no `backbone:` and `data:` in the run config, or an "
+                                "embedding table evaluated alone): run it from a config with the model "
+                                "(`backbone:`, `channels:`, `weights:`), e.g. configs/eval/chammi_knn.yaml")
+            self._embedder = context.embedder()
+        return self._embedder
 
     def _embeddings(self, key: str, dataset: ChammiDataset, table: EmbeddingTable | None,
-                    context: EvalContext) -> tuple[np.ndarray, str]:
+                    context: EvalContext, root: str) -> tuple[np.ndarray, str]:
         if self.config.reuse_embeddings and table is not None and _same_rows(table, dataset):
             logger.info("chammi %s: using the run's embedding table", key)
             return table.embeddings, "embeddings"
         out_dir = Path(context.run_dir) / CACHE_DIR / key
-        embedded = self._model_for(context).embed_dataset(dataset, out_dir, reuse=self.config.reuse_embeddings)
+        block = {"name": "chammi", "subset": key, "root": root, "bit_depth": self.config.bit_depth}
+        embedder = self._run_embedder(key, context).for_dataset(dataset, out_dir, data_block=block)
+        embedded = embedder.cached_export(dataset, out_dir, data_block=block, reuse=self.config.reuse_embeddings,
+                                          manifest_info={"chammi_subset": key})
         if not _same_rows(embedded, dataset):
             raise RuntimeError(f"embeddings in {out_dir} do not match the rows of CHAMMI {key}")
         return embedded.embeddings, str(out_dir.relative_to(context.run_dir))
@@ -88,7 +105,7 @@ class ChammiEvaluator(Evaluator):
         """Classifier name -> one classifier per fit (``sgd``: one per seed, averaged; the others: one)."""
         from cellssl_chammi.protocol import linear_probe, one_nn, sgd_classifier
 
-        device = str(self._model.device) if self._model is not None else "cpu"
+        device = self._device
         sgd = self.config.sgd
         makers = {"knn": lambda: [one_nn(self.config.knn_metric, self.config.num_threads)],
                   "linear": lambda: [linear_probe(self.config.linear, device)],
@@ -134,8 +151,9 @@ class ChammiEvaluator(Evaluator):
 
         :param table: the run's embeddings (used for a subset whose rows it holds exactly); may be ``None``.
         :return: ``{"evaluator", "table", "metrics", "scores", "subsets", "files", "config", "identity"}``.
-        :raises cellssl.errors.CellsslError: for a missing / incomplete CHAMMI root, missing columns, or a
-            run whose model cannot be rebuilt.
+        :raises cellssl.errors.CellsslError: for a missing / incomplete CHAMMI root, missing columns, a subset
+            to embed without a model in ``context`` (``ConfigError`` naming ``backbone``), or a strategy that
+            does not take a subset's channels (its ``DataError``).
         """
         from cellssl.api import atomic_write_text
         from cellssl_chammi.dataset import build_chammi_dataset
@@ -143,11 +161,13 @@ class ChammiEvaluator(Evaluator):
 
         cfg = self.config
         root = self._root(context)
+        self._device = str(context.device)
+        self._embedder = None  # the context's, loaded on first need
         prepared = {}
         for key in cfg.subsets:
             dataset = build_chammi_dataset(ChammiSubsetConfig(root=root, bit_depth=cfg.bit_depth,
                                                               check_files=cfg.check_files), key)
-            embeddings, source = self._embeddings(key, dataset, table, context)
+            embeddings, source = self._embeddings(key, dataset, table, context, root)
             prepared[key] = (dataset, embeddings, source)
         scores: dict[str, dict[str, dict[str, Any]]] = {}
         rows = []
