@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from cellssl.api import CellsslError, ConfigError
 from cellssl.cli import main
-from cellssl.errors import CellsslError, ConfigError
 from cellssl.pipeline import execute
 from cellssl_jumpcp.array import chunks, plate_config, plate_dir, plate_status, prepare_array, submit_array, wait_array
 from cellssl_jumpcp.merge import merge_array
@@ -105,3 +105,31 @@ def test_plate_array_resumes_per_plate_and_equals_one_run(jump, tmp_path: Path) 
         np.testing.assert_allclose(ours[features].to_numpy(), theirs[features].to_numpy(), rtol=1e-5, atol=1e-6)
     # the same submission once more: nothing to do
     assert submit_array(prepare_array(config, chunk=1, local=True, stats_plates=plates)) == []
+
+
+def test_config_digest_is_the_canonical_json_digest_plate_markers_already_hold() -> None:
+    import hashlib
+
+    from cellssl.plan.fingerprint import digest
+    from cellssl_jumpcp.array import config_digest
+
+    config = OmegaConf.create({"run": {"output_dir": "x", "seed": 3},
+                               "data": {"name": "jump_cells", "plates": ["0042"]},
+                               "eval": [{"name": "jump_map", "null_size": 500}], "weights": None})
+    expected = hashlib.sha256(b'{"data":{"name":"jump_cells","plates":["0042"]},"eval":[{"name":"jump_map",'
+                              b'"null_size":500}],"run":{"output_dir":"x","seed":3},"weights":null}').hexdigest()
+    assert config_digest(config) == expected
+    assert config_digest(config) == digest(OmegaConf.to_container(config, resolve=True))  # markers written before
+    reordered = OmegaConf.create({"weights": None, "eval": [{"null_size": 500, "name": "jump_map"}],
+                                  "data": {"plates": ["0042"], "name": "jump_cells"},
+                                  "run": {"seed": 3, "output_dir": "x"}})
+    assert config_digest(reordered) == expected
+    OmegaConf.update(config, "data.plates", ["42"], merge=False)
+    assert config_digest(config) != expected
+
+
+def test_cli_refuses_a_parallelism_below_one(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.load(CONFIG), path)
+    assert main(["jump", "array", str(path), "--parallel", "0"]) == 2
+    assert "config key '--parallel': must be >= 1, got 0" in capsys.readouterr().err

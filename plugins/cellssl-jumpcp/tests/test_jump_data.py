@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from jump_fixture import CHANNELS, CLUSTER, NEGCON, PLATES, illumination
 
-from cellssl.errors import DataError
+from cellssl.api import DataError
 from cellssl_jumpcp.cells import JumpCellsDataset, crop_window
 from cellssl_jumpcp.config import JumpCellsConfig, JumpMetadataConfig, JumpSitesConfig
 from cellssl_jumpcp.loaddata import remap_path

@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellssl.embed.store import EmbeddingTable
-from cellssl.errors import DataError
-from cellssl.eval.base import EvalContext
+from cellssl.api import DataError, EmbeddingTable, EvalContext
 from cellssl_jumpcp.config import JumpMapConfig
 from cellssl_jumpcp.evaluator import JumpMapEvaluator
 from cellssl_jumpcp.mapping import phenotypic_activity, phenotypic_consistency

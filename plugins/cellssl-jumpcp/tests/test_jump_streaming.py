@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellssl.embed.store import EmbeddingWriter, read_embeddings
-from cellssl.errors import DataError
+from cellssl.api import DataError, EmbeddingWriter, read_embeddings
 from cellssl_jumpcp.profiles import iter_plates, well_profiles
 
 ROWS, DIM, WELLS = 2000, 128, 20
@@ -85,3 +84,22 @@ def test_iter_plates_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"column 'Plate' \(config key 'jump_map.plate_column'\) is not in the "
                                         r"embedding shard .*part-00000.parquet"):
         list(iter_plates(folders, "Plate"))
+
+
+def test_jump_map_scores_a_run_without_reading_its_table(tmp_path: Path) -> None:
+    from test_jump_map import cells_table
+
+    from cellssl.api import EvalContext
+    from cellssl_jumpcp.config import JumpMapConfig
+    from cellssl_jumpcp.evaluator import JumpMapEvaluator
+
+    x, meta = cells_table()
+    with EmbeddingWriter(tmp_path / "embeddings", shard_rows=20, expected_rows=len(x)) as writer:
+        writer.write(meta, x)
+    table = read_embeddings(tmp_path / "embeddings", lazy=True)  # what the eval stage hands evaluators
+    evaluator = JumpMapEvaluator(JumpMapConfig(null_size=200))
+    streamed = evaluator.evaluate(table, EvalContext(run_dir=tmp_path))
+    assert not table.loaded  # the shards were streamed plate by plate; the table itself was never read
+    assert streamed["split"]["input_rows"] == len(x) == 90 and streamed["embedding_dim"] == 6
+    in_memory = evaluator.evaluate(read_embeddings(tmp_path / "embeddings"), EvalContext(run_dir=tmp_path / "b"))
+    assert streamed["metrics"] == in_memory["metrics"] and streamed["counts"] == in_memory["counts"]
