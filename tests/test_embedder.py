@@ -235,3 +235,35 @@ def test_an_embedder_without_factory_or_identity_says_so() -> None:
         bare.for_dataset(dataset, "unused")
     with pytest.raises(ValueError, match="without an identity"):
         bare.fingerprint(dataset)
+
+
+def test_the_preprocessing_factory_follows_stats_path_and_per_image_modes(runs: SimpleNamespace,
+                                                                          tmp_path: Path) -> None:
+    """``stats_path`` wins over the run's statistics (none are computed); per-image modes need none; the image is
+    resized to ``img_size`` and normalised as ``(x - mean_c) / (std_c + eps)``."""
+    from cellssl.config.schema import NormalizeSection
+    from cellssl.data.normalize import ChannelStats
+    from cellssl.data.preprocess import DatasetPreprocessFactory
+
+    dataset = _dataset(runs.config()["data"], use_channels=["dna", "darkfield"])
+    stats_file = tmp_path / "given.json"
+    ChannelStats(mean={"dna": 0.25, "darkfield": 0.5, "brightfield": 9.0},
+                 std={"dna": 0.5, "darkfield": 2.0, "brightfield": 9.0}).save(stats_file)
+    run_stats = tmp_path / "run_stats.json"
+    ChannelStats(mean={"dna": 7.0, "darkfield": 7.0}, std={"dna": 7.0, "darkfield": 7.0}).save(run_stats)
+    factory = DatasetPreprocessFactory(NormalizeSection(mode="dataset", stats_path=str(stats_file), eps=0.0), 24,
+                                       run_stats)
+    preprocess, identity = factory(dataset, tmp_path / "stats")
+    assert identity["stats"] == {"mean": {"dna": 0.25, "darkfield": 0.5}, "std": {"dna": 0.5, "darkfield": 2.0}}
+    assert not (tmp_path / "stats").exists()
+    image = dataset[3].image
+    resized = torch.nn.functional.interpolate(image[None], size=(24, 24), mode="bilinear", antialias=True,
+                                              align_corners=False)[0]
+    expected = (resized - torch.tensor([0.25, 0.5]).view(2, 1, 1)) / torch.tensor([0.5, 2.0]).view(2, 1, 1)
+    torch.testing.assert_close(preprocess(image, ("dna", "darkfield")), expected, rtol=1e-5, atol=1e-6)
+    per_image, identity = DatasetPreprocessFactory(NormalizeSection(mode="per_image"), None, run_stats)(
+        dataset, tmp_path / "stats")
+    assert "stats" not in identity and identity["settings"]["mode"] == "per_image"
+    out = per_image(image, ("dna", "darkfield"))
+    assert out.shape == image.shape
+    torch.testing.assert_close(out.mean(dim=(1, 2)), torch.zeros(2), atol=1e-5, rtol=0)
