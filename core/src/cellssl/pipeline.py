@@ -284,23 +284,37 @@ def expected_embedding(run: Run) -> tuple[str, dict[str, Any]] | None:
     return digest(parts), parts
 
 
+def _preprocess_factory(run: Run) -> Any:
+    """The run's preprocessing for another dataset (``Embedder.for_dataset``): ``embed.img_size`` and
+    ``normalize:``, with the run's ``channel_stats.json`` used when it covers that dataset's channels."""
+    from cellssl.data.preprocess import CHANNEL_STATS_FILE, DatasetPreprocessFactory
+
+    plan = run.require_plan()
+    return DatasetPreprocessFactory(plan.normalize, plan.embed.img_size, run.run_dir / CHANNEL_STATS_FILE)
+
+
 def run_embedder(run: Run) -> Any:
     """The run's :class:`~cellssl.embed.embedder.Embedder`: its strategy, its weighted backbone with the feature
-    recipe of ``embed.features``, the embed stage's preprocessing, precision, device and batch size."""
+    recipe of ``embed.features``, the embed stage's preprocessing, precision, device, batch size and shard size;
+    its identity (the embed stage's fingerprint parts but ``data``) and the run's preprocessing factory, so
+    ``Embedder.for_dataset`` embeds other datasets (other channels) with the same model and recipe."""
     from cellssl.embed import Embedder
+    from cellssl.plan.fingerprint import embedding_parts
 
     plan = run.require_plan()
     dataset = plan_dataset(plan)
-    backbone, _ = _weighted_backbone(run, tuple(dataset.channel_names))
+    backbone, weights = _weighted_backbone(run, tuple(dataset.channel_names))
     features = plan.embed.features
     if features.n_last_blocks != 1 or features.avgpool:
         from cellssl.models.features import FeatureExtractor
 
         backbone = FeatureExtractor(backbone, features.n_last_blocks, features.avgpool)
         logger.info("embedding features: %s", backbone.extra_repr())
+    identity = {k: v for k, v in embedding_parts(plan, dataset, weights).items() if k != "data"}
     return Embedder(plan.cache["strategy"], backbone, _eval_preprocess(run), precision=plan.embed.precision,
                     bf16=plan.embed.bf16, compile=plan.embed.compile,
-                    device=run.device, batch_size=plan.embed.batch_size, num_workers=plan.embed.num_workers)
+                    device=run.device, batch_size=plan.embed.batch_size, num_workers=plan.embed.num_workers,
+                    shard_rows=plan.embed.shard_rows, identity=identity, preprocess_factory=_preprocess_factory(run))
 
 
 def embed_stage(run: Run) -> Path:
