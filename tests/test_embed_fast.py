@@ -191,3 +191,30 @@ def test_a_cast_embedding_set_records_its_mode_and_is_refused_as_autocast(runs: 
     config["embed"].update(bf16="autocast", compile=False)
     fp32_autocast = expected_embedding(start_run(load_run_config(runs.write(config, "fp32.yaml"), [])))
     assert fp32_cast[0] == fp32_autocast[0]  # fp32 ignores the bf16 mode; compiling changes no recipe
+
+
+def test_the_throughput_benchmark_prints_its_tables(shared_data: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import re
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_throughput.py"
+    spec = importlib.util.spec_from_file_location("embed_throughput", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["embed_throughput.py", "--data", str(shared_data / "jurkat-cellcycle"),
+                                      "--arch", "vit_tiny", "--size", "40", "--cells", "6", "--batch", "4",
+                                      "--mode-batch", "2", "--repeats", "1", "--threads", "1", "--skip-compile"])
+    bench.main()
+    out = capsys.readouterr().out
+    assert "6 Jurkat cells x 3 channels folded, vit_tiny/8 at 40 px, fp32, batch 4 cells" in out
+    rows = re.findall(r"^(backbone only \(preprocessed\)|end to end \(Embedder.export\))\s+([\d.]+)\s+([\d.]+)", out,
+                      re.MULTILINE)
+    assert [r[0] for r in rows] == ["backbone only (preprocessed)", "end to end (Embedder.export)"]
+    assert all(float(images) == pytest.approx(3 * float(cells), rel=0.05) for _, cells, images in rows)
+    assert re.search(r"end to end / backbone only throughput: \d+% \(wall clock\), \d+% \(CPU time", out)
+    modes = re.findall(r"^(fp32|bf16 autocast|bf16 cast)\s+([\d.]+)\s+([\d.]+)x", out, re.MULTILINE)
+    assert [m[0] for m in modes] == ["fp32", "bf16 autocast", "bf16 cast"] and modes[0][2] == "1.00"
+    assert "compiled" not in out

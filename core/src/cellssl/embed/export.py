@@ -1,7 +1,9 @@
 """Embedding export: stream a dataset through a channel strategy and a backbone into Parquet shards.
 
 Memory stays bounded for any dataset size: batches are embedded and handed to an
-:class:`~cellssl.embed.store.EmbeddingWriter`, which flushes a shard every ``shard_rows`` rows.
+:class:`~cellssl.embed.store.EmbeddingWriter`, which flushes a shard every ``shard_rows`` rows. On CUDA the
+DataLoader pins its batches, so the copy to the device does not block. The backbone runs as
+:func:`cellssl.embed.fast.prepare_for_inference` prepared it (bf16 cast or autocast, compiled or not).
 """
 
 from __future__ import annotations
@@ -108,13 +110,13 @@ def export_embeddings(
             for start in range(done, len(positions), shard_rows):
                 shard = torch.utils.data.Subset(dataset, positions[start : start + shard_rows])
                 loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=num_workers,
-                                                     collate_fn=batcher, persistent_workers=False)
+                                                     collate_fn=batcher, persistent_workers=False,
+                                                     pin_memory=inference.device.type == "cuda")
                 for images, batch_indices in loader:
                     with inference.context():
                         embeddings = strategy.embed(inference.module, inference.inputs(images), channel_names)
                     meta = dataset.metadata.iloc[batch_indices].reset_index(drop=True)
                     writer.write(meta, embeddings.float().cpu().numpy())
                     bar.update(len(batch_indices))
-    subset = positions
-    logger.info("wrote embeddings of %d samples to %s", len(subset), out_dir)
+    logger.info("wrote embeddings of %d samples to %s", len(positions), out_dir)
     return out_dir
