@@ -16,6 +16,8 @@ from cellssl.data.augment import (
     BlurConfig,
     BrightnessContrast,
     BrightnessContrastConfig,
+    ChannelDrop,
+    ChannelDropConfig,
     GaussianBlur,
     GaussianNoise,
     IntensityRescale,
@@ -175,3 +177,147 @@ def test_unknown_protected_names_are_fine_while_channel_drop_is_off() -> None:
         on(torch.rand(1, 8, 8), ("dna",), 0)
     assert ("dna",) not in on._checked  # a refused channel list is not remembered as checked
     assert math.isfinite(float(on(torch.rand(2, 8, 8), ("protein", "dna"), 0).sum()))
+
+
+def _replay(seed: int, p: float, low: float, high: float) -> tuple[torch.Generator, float | None]:
+    """The documented draws of a gated step: a coin ``rand < p``, then ``low + (high - low) * rand``."""
+    gen = torch.Generator().manual_seed(seed)
+    if not float(torch.rand((), generator=gen)) < p:
+        return gen, None
+    return gen, low + (high - low) * float(torch.rand((), generator=gen))
+
+
+def test_rescale_and_noise_draw_only_from_their_generator_with_the_documented_formula() -> None:
+    image = (torch.rand(3, 30, 30, dtype=torch.float64) + 0.1) * torch.tensor([1.0, 3.0, 0.2],
+                                                                               dtype=torch.float64).view(3, 1, 1)
+    names = ("dna", "protein", "er")
+    rescale = IntensityRescale(IntensityRescaleConfig(enabled=True, p=0.5, channels=["protein"], gain=[0.5, 1.5]))
+    relative = GaussianNoise(NoiseConfig(enabled=True, p=0.5, std=[0.1, 0.3], relative=True))
+    absolute = GaussianNoise(NoiseConfig(enabled=True, p=0.5, std=[0.1, 0.3], relative=False))
+    population_std = torch.from_numpy(image.numpy().std(axis=(1, 2), ddof=0)).view(3, 1, 1)
+    applied = 0
+    for seed in range(12):
+        torch.manual_seed(1000 + seed)  # the global RNG must not matter
+        gen, gain = _replay(seed, 0.5, 0.5, 1.5)
+        expected = image.clone()
+        if gain is not None:
+            expected[1] = image[1] * gain  # float64 gain, exactly the drawn value
+            applied += 1
+        assert torch.equal(rescale(image, names, make_generator(seed)), expected)
+        for step, scale in ((relative, population_std), (absolute, 1.0)):
+            torch.manual_seed(2000 + seed)
+            gen, std = _replay(seed, 0.5, 0.1, 0.3)
+            out = step(image, names, make_generator(seed))
+            if std is None:
+                assert torch.equal(out, image)
+                continue
+            noise = torch.randn(image.shape, generator=gen).double()
+            torch.testing.assert_close(out, image + noise * std * scale, rtol=0, atol=1e-12)
+    assert 3 <= applied <= 9  # both sides of the coin were seen
+
+
+def test_blur_keeps_float64_precision() -> None:
+    image = torch.rand(2, 12, 11, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_blur(image, 1.3), TF.gaussian_blur(image, [9, 9], [1.3, 1.3]),
+                               rtol=0, atol=1e-12)
+
+
+def test_every_step_keeps_the_image_on_its_device() -> None:
+    # the meta device stands in for an accelerator: a step that mixed CPU tensors into it would raise
+    cfg = AugmentConfig()
+    for sub in (cfg.blur, cfg.noise, cfg.rescale):
+        sub.enabled = True
+    for sub in (cfg.hflip, cfg.vflip, cfg.rot90, cfg.rescale, cfg.brightness_contrast, cfg.blur, cfg.noise,
+                cfg.channel_drop):
+        sub.p = 1.0
+    cfg.rescale.channels = ["dna"]
+    names = ("dna", "protein", "er")
+    image = torch.empty(3, 20, 20, device="meta")
+    for relative in (True, False):
+        cfg.noise.relative = relative
+        out = AugmentationPipeline(cfg, size=8)(image, names, 0)
+        assert out.device.type == "meta" and out.shape == (3, 8, 8) and out.dtype == torch.float32
+
+
+def test_crop_accepts_one_pixel_and_full_side_boxes_and_refuses_empty_ones() -> None:
+    one = RandomResizedCrop(1, scale=[0.25, 0.25], ratio=[1.0, 1.0])  # area 1 of 4: a 1 x 1 box, drawn
+    assert {one.box(4, 1, make_generator(s))[0] for s in range(30)} == {0, 1, 2, 3}  # fallback would be top 1
+    assert {one.box(1, 4, make_generator(s))[1] for s in range(30)} == {0, 1, 2, 3}
+    tall = RandomResizedCrop(4, scale=[0.25, 0.25], ratio=[0.5, 0.5])  # 10 x 20: w 5, h 10 = the full height
+    lefts = {tall.box(10, 20, make_generator(s)) for s in range(30)}
+    assert {b[0] for b in lefts} == {0} and {b[2:] for b in lefts} == {(10, 5)} and len({b[1] for b in lefts}) > 5
+    # w = round(sqrt(0.8 * 0.1)) = 0 (or h = 0 for ratio 10): never a box; the fallback keeps at least 1 px
+    assert RandomResizedCrop(4, scale=[0.05, 0.05], ratio=[0.1, 0.1]).box(4, 4, make_generator(0)) == (0, 1, 4, 1)
+    assert RandomResizedCrop(4, scale=[0.05, 0.05], ratio=[10.0, 10.0]).box(4, 4, make_generator(0)) == (1, 0, 1, 4)
+    # a 1 px wide (or high) image whose 2 x 2 draws never fit: the centred fallback is 1 x 1
+    square = RandomResizedCrop(1, scale=[0.9, 1.0], ratio=[1.0, 1.0])
+    assert square.box(5, 1, make_generator(0)) == (2, 0, 1, 1) and square.box(1, 5, make_generator(0)) == (0, 2, 1, 1)
+
+
+def test_crop_gives_up_after_exactly_ten_draws() -> None:
+    # seed 8: on 10 x 10 with area 50 and aspect in [1/16, 16] the first ten draws do not fit, the eleventh would
+    crop = RandomResizedCrop(4, scale=[0.5, 0.5], ratio=[1 / 16, 16.0])
+    assert crop.box(10, 10, make_generator(8)) == (0, 0, 10, 10)  # the whole image (aspect 1 is within ratio)
+    other = crop.box(10, 10, make_generator(0))
+    assert abs(other[2] * other[3] - 50) < 8  # a seed whose draws fit gets the drawn area
+
+
+def test_resize_defaults_and_single_item_batches() -> None:
+    sharp = torch.zeros(1, 8, 8)
+    sharp[0, ::2] = 1.0
+    assert torch.equal(resize(sharp, (4, 4)), resize(sharp, (4, 4), antialias=True))
+    assert resize(torch.rand(1, 2, 6, 6), (3, 3)).shape == (1, 2, 3, 3)  # a batch of one stays 4-D
+    default = RandomResizedCrop(4, scale=[1.0, 1.0], ratio=[1.0, 1.0])
+    plain = RandomResizedCrop(4, scale=[1.0, 1.0], ratio=[1.0, 1.0], antialias=False)
+    assert torch.equal(default(sharp, ("dna",), make_generator(0)), resize(sharp, (4, 4), antialias=True))
+    assert torch.equal(plain(sharp, ("dna",), make_generator(0)), resize(sharp, (4, 4), antialias=False))
+    whole = AugmentationPipeline(_only_crop(enabled=False, antialias=False), size=4)
+    assert torch.equal(whole(sharp, ("dna",), 0), resize(sharp, (4, 4), antialias=False))
+
+
+def test_pipeline_flips_the_named_axis_and_takes_a_one_pixel_output() -> None:
+    image = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(2, 5, 5)
+    for axis, dim in (("hflip", -1), ("vflip", -2)):
+        cfg = _only_crop(enabled=False)
+        getattr(cfg, axis).enabled, getattr(cfg, axis).p = True, 1.0
+        assert torch.equal(AugmentationPipeline(cfg, size=5)(image, ("a", "b"), 0), image.flip(dim)), axis
+    assert AugmentationPipeline(_only_crop(), size=1)(image, ("a", "b"), 0).shape == (2, 1, 1)
+    with pytest.raises(ConfigError, match=r"^config key 'augment\.crop\.size': an output size \(int >= 1\) is "
+                                          r"needed, got None$"):
+        AugmentationPipeline(_only_crop())
+    cfg = AugmentConfig()
+    cfg.channel_drop.protected = ["protien"]
+    with pytest.raises(ConfigError, match=r"^config key 'augment\.channel_drop\.protected': unknown channel"):
+        AugmentationPipeline(cfg, size=4, channel_names=("dna",))
+
+
+def test_channel_drop_limits_and_one_pixel_high_images() -> None:
+    names = ("a", "b", "c", "d", "e")
+    image = torch.rand(5, 4, 4) + 0.1
+    one = ChannelDrop(ChannelDropConfig(p=1.0, max_drop=1))
+    gen = make_generator(0)
+    assert {int((one(image[:4], names[:4], gen) == 0).flatten(1).all(1).sum()) for _ in range(200)} == {1}
+    # 2 of 5 protected, max_drop 4: at most the 3 eligible, each count 1..3 equally likely
+    three = ChannelDrop(ChannelDropConfig(p=1.0, max_drop=4, protected=["a", "b"]))
+    sizes = [int((three(image, names, gen) == 0).flatten(1).all(1).sum()) for _ in range(1500)]
+    assert set(sizes) == {1, 2, 3} and 0.28 < sizes.count(3) / 1500 < 0.39
+    flat = torch.rand(3, 1, 6) + 0.1  # a single row: channels still drop
+    assert int((ChannelDrop(ChannelDropConfig(p=1.0))(flat, names[:3], gen) == 0).all(dim=(1, 2)).sum()) >= 1
+
+
+def test_every_random_step_draws_only_from_its_generator() -> None:
+    names = ("dna", "protein", "er", "rna")
+    image = torch.rand(4, 12, 12) + 0.1
+    steps = [
+        ChannelDrop(ChannelDropConfig(p=0.5, max_drop=3)),
+        GaussianBlur(BlurConfig(enabled=True, p=0.5, sigma=[0.5, 2.0])),
+        BrightnessContrast(BrightnessContrastConfig(p=0.5)),
+        RandomRot90(Rot90Config(p=0.5)),
+        RandomResizedCrop(6, scale=[0.2, 1.0], ratio=[0.5, 2.0]),
+    ]
+    for step in steps:
+        for seed in range(16):
+            torch.manual_seed(seed)
+            first = step(image, names, make_generator(seed))
+            torch.manual_seed(seed + 100)
+            assert torch.equal(step(image, names, make_generator(seed)), first), (type(step).__name__, seed)

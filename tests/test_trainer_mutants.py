@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from cellssl.data.multicrop import MultiCropConfig
 from cellssl.data.normalize import PerImageNormalizer
 from cellssl.data.sample import CellSample
+from cellssl.errors import TrainingDivergedError
 from cellssl.models.vit import ViTConfig, build_vit
 from cellssl.objectives.dino import DINOConfig, DINOObjective, HeadConfig
 from cellssl.train.checkpointing import load_checkpoint
@@ -182,3 +183,22 @@ def test_a_callback_stop_request_ends_the_run_checkpointed(tmp_path: Path, cells
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"step": 2' in lines[0]  # the last step of a stopped run is logged
     assert (tmp_path / "teacher_backbone.pt").is_file()
+
+
+def test_divergence_before_any_checkpoint_says_so_and_what_to_do(tmp_path: Path, cells: _Cells) -> None:
+    advice = (r"Lower train\.lr, keep train\.clip_grad set, try train\.precision: fp32, or check the data for NaN/inf "
+              r"pixels; running the same command again resumes from the checkpoint\.$")
+    trainer = _trainer(tmp_path / "loss", cells, max_steps=3)
+    with torch.no_grad():
+        trainer.objective.student.backbone.patch_embed.proj.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged at step 1 \(epoch 0\): the loss is nan; no "
+                                                    r"checkpoint had been written yet\. " + advice):
+        trainer.fit()
+    trainer = _trainer(tmp_path / "grad", cells, max_steps=3, clip_grad=1.0)
+    weight = trainer.objective.student.backbone.patch_embed.proj.weight
+    weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged at step 1 \(epoch 0\): the gradient norm is "
+                                                    r"inf; no checkpoint had been written yet\. " + advice):
+        trainer.fit()
+    assert not (tmp_path / "grad" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "grad" / "teacher_backbone.pt").exists()

@@ -33,6 +33,10 @@ rewrites this page from the stored results (`tools/mutation/results/`). It is no
     make mutants                                                    # every module, each within its budget
     .venv/bin/python tools/mutation/run_mutants.py objectives/ema.py     # one module
     .venv/bin/python tools/mutation/run_mutants.py --report-only    # rewrite this page
+    .venv/bin/python tools/mutation/run_mutants.py --recheck-survivors data/augment.py  # its survivors only
+
+A re-check runs the module's current tests on the stored non-equivalent survivors only (after tests were
+added for them) and updates their statuses; it refuses when a survivor's diff changed (the source moved on).
 
 Kill rate = (killed + timed out + crashed) / (mutants checked - equivalent). "No tests" mutants (no selected
 test calls the function) count as not killed. mutmut 3 mutates code inside functions and methods only, and
@@ -106,6 +110,8 @@ def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Pa
         result = json.loads(path.read_text())
         s = summarise(result, equivalents)
         run = f"{result['date']}, {result['seconds']} s" + ("" if result["finished"] else ", budget reached")
+        for recheck in result.get("rechecks", []):
+            run += f"; {recheck['mutants']} survivors re-checked {recheck['date']} ({recheck['seconds']} s)"
         lines.append(f"| `{target.module}` | {s['total']} | {s['killed'] + s['crashed']} | {s['timeout']} | "
                      f"{s['survived']} ({len(s['equivalent'])}) | {s['no_tests']} | {s['not_checked']} | "
                      f"{_rate(s['rate'])} | {run} |")
@@ -117,6 +123,9 @@ def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Pa
         tests = ", ".join(f"`{t}`" for t in result["tests"])
         if result.get("deselected"):
             tests += f" (without {', '.join(f'`{d}`' for d in result['deselected'])})"
+        rechecks = result.get("rechecks", [])
+        if rechecks and rechecks[-1]["tests"] != result["tests"]:
+            tests += f"; survivors re-checked with {', '.join(f'`{t}`' for t in rechecks[-1]['tests'])}"
         details += [f"### `{target.module}`", "", f"Tests: {tests}.", ""]
         for name, diff in survivors.items():
             if name in s["equivalent"]:

@@ -21,6 +21,7 @@ Usage::
     python tools/mutation/run_mutants.py objectives/ema.py          # one module
     python tools/mutation/run_mutants.py --report-only         # rewrite docs/mutation.md from stored results
     python tools/mutation/run_mutants.py --budget-scale 0.5    # half of every budget
+    python tools/mutation/run_mutants.py --recheck-survivors data/augment.py   # survivors only, after new tests
 
 Exit status: 0 when the runs and the report were written; 2 on a bad argument or a failed mutmut run
 (e.g. the tests do not pass on the unmutated code); the log is in the workspace (``mutmut.log``).
@@ -39,11 +40,12 @@ import sys
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from report import write_report
+from report import load_equivalents, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -126,9 +128,10 @@ def shared_data() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def prepare_workspace(target: Target, workdir: Path) -> Path:
-    """A fresh copy of the sources and the target's tests, with mutmut and pytest configured."""
-    ws = workdir / target.slug
+def prepare_workspace(target: Target, workdir: Path, suffix: str = "") -> Path:
+    """A fresh copy of the sources and the target's tests, with mutmut and pytest configured, in
+    ``workdir/<slug><suffix>``."""
+    ws = workdir / f"{target.slug}{suffix}"
     if ws.exists():
         shutil.rmtree(ws)
     shutil.copytree(REPO / "core" / "src", ws / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -153,14 +156,15 @@ def prepare_workspace(target: Target, workdir: Path) -> Path:
     return ws
 
 
-def run_mutmut(target: Target, ws: Path, budget: float) -> tuple[bool, float]:
-    """Run mutmut in ``ws`` for at most ``budget`` seconds; returns ``(finished, seconds)``."""
+def run_mutmut(target: Target, ws: Path, budget: float, names: Sequence[str] = ()) -> tuple[bool, float]:
+    """Run mutmut in ``ws`` (on the mutants ``names`` only, if given) for at most ``budget`` seconds; returns
+    ``(finished, seconds)``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "true"}
     data = shared_data()
     if data is not None:
         env["CELLSSL_TEST_DATA"] = str(data)
     mutmut = Path(sys.executable).with_name("mutmut")
-    command = ["nice", "-n", "10", str(mutmut), "run", "--max-children", "1"]
+    command = ["nice", "-n", "10", str(mutmut), "run", "--max-children", "1", *names]
     start = time.monotonic()
     with open(ws / "mutmut.log", "w") as log:
         # its own process group: at the budget, mutmut and the workers it forked are interrupted together
@@ -190,16 +194,51 @@ def collect(target: Target, ws: Path, finished: bool, seconds: float) -> dict[st
     meta_path = ws / "mutants" / "src" / "cellssl" / f"{target.module}.meta"
     exit_codes = json.loads(meta_path.read_text())["exit_code_by_key"] if meta_path.is_file() else {}
     statuses = {name: status_by_exit_code[code] for name, code in sorted(exit_codes.items())}
-    names = [name for name, status in statuses.items() if status == "survived"]
-    survivors: dict[str, list[str]] = {}
-    if names:  # one process for every diff (``mutmut show`` per mutant takes seconds each)
-        shown = subprocess.run([sys.executable, str(HERE / "mutant_diffs.py")], cwd=ws, input=json.dumps(names),
-                               capture_output=True, text=True, timeout=600, check=True)
-        survivors = json.loads(shown.stdout)
+    survivors = diffs(ws, [name for name, status in statuses.items() if status == "survived"])
     return {"module": target.module, "tests": target.tests, "deselected": target.deselect,
             "isolation": target.isolation, "budget_s": target.budget, "seconds": round(seconds),
             "finished": finished, "counts": dict(Counter(statuses.values())), "statuses": statuses,
             "survivors": survivors, "date": time.strftime("%Y-%m-%d")}
+
+
+def diffs(ws: Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """The changed lines of mutants ``names`` in workspace ``ws`` (see ``mutant_diffs.py``)."""
+    if not names:
+        return {}
+    shown = subprocess.run([sys.executable, str(HERE / "mutant_diffs.py")], cwd=ws, input=json.dumps(list(names)),
+                           capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(shown.stdout)
+
+
+def recheck_survivors(target: Target, workdir: Path, budget: float) -> dict[str, Any] | None:
+    """Run the target's current tests on the non-equivalent survivors of its stored result only, and return
+    the result with their new statuses (``None`` when there is nothing to re-check).
+
+    :raises RuntimeError: if there is no stored result, or a survivor's diff changed (the source changed
+        since the stored run, so mutant names no longer denote the same mutants: run the module in full).
+    """
+    path = RESULTS / f"{target.slug}.json"
+    if not path.is_file():
+        raise RuntimeError(f"no stored result {path} to re-check: run {target.module} first")
+    stored = json.loads(path.read_text())
+    equivalents = load_equivalents(HERE / "equivalent.toml")
+    names = [n for n, diff in stored["survivors"].items()
+             if not (n in equivalents and equivalents[n]["change"].strip() in (line.strip() for line in diff))]
+    if not names:
+        return None
+    ws = prepare_workspace(target, workdir, suffix="-recheck")
+    finished, seconds = run_mutmut(target, ws, budget, names)
+    now = collect(target, ws, finished, seconds)
+    moved = [n for n, diff in diffs(ws, names).items() if diff != stored["survivors"][n]]
+    if moved:
+        raise RuntimeError(f"{target.module} changed since its stored run (mutants {moved[:3]} differ): run it in full")
+    statuses = {**stored["statuses"], **{n: now["statuses"][n] for n in names if n in now["statuses"]}}
+    left = [n for n in names if statuses[n] == "survived"]
+    survivors = {n: d for n, d in stored["survivors"].items() if n not in names or n in left}
+    recheck = {"date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "mutants": len(names),
+               "still_surviving": len(left), "tests": target.tests, "deselected": target.deselect}
+    return {**stored, "statuses": statuses, "counts": dict(Counter(statuses.values())), "survivors": survivors,
+            "rechecks": [*stored.get("rechecks", []), recheck]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cellssl-mutants")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every module's time budget")
     parser.add_argument("--report-only", action="store_true", help="only rewrite docs/mutation.md")
+    parser.add_argument("--recheck-survivors", action="store_true",
+                        help="run only the stored non-equivalent survivors of the modules again (after new tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -226,16 +267,21 @@ def main(argv: list[str] | None = None) -> int:
         for target in chosen:
             budget = target.budget * args.budget_scale
             logger.info("mutating %s (budget %.0f s, tests %s)", target.module, budget, " ".join(target.tests))
-            ws = prepare_workspace(target, args.workdir)
             try:
-                finished, seconds = run_mutmut(target, ws, budget)
+                if args.recheck_survivors:
+                    result = recheck_survivors(target, args.workdir, budget)
+                    if result is None:
+                        logger.info("  %s: no survivors to re-check", target.module)
+                        continue
+                else:
+                    ws = prepare_workspace(target, args.workdir)
+                    finished, seconds = run_mutmut(target, ws, budget)
+                    result = collect(target, ws, finished, seconds)
             except RuntimeError as exc:
                 print(f"run_mutants: {exc}", file=sys.stderr)
                 return 2
-            result = collect(target, ws, finished, seconds)
             (RESULTS / f"{target.slug}.json").write_text(json.dumps(result, indent=1) + "\n")
-            logger.info("  %s in %.0f s%s: %s", target.module, seconds, "" if finished else " (budget reached)",
-                        result["counts"])
+            logger.info("  %s: %s", target.module, result["counts"])
     write_report(targets, RESULTS, HERE / "equivalent.toml", REPORT)
     logger.info("report: %s", REPORT)
     return 0
