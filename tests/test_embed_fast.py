@@ -95,7 +95,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(vit: torch.nn.Module, caplog: p
     monkeypatch.setattr(fast, "native_bf16", lambda device: False)
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
         fast.prepare_for_inference(vit, "bf16", "autocast")
-    assert "about 10x slower than fp32" in caplog.text and "embed.precision=fp32" in caplog.text
+    assert "3-10x slower than fp32" in caplog.text and "embed.precision=fp32" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
         fast.prepare_for_inference(vit, "fp32")

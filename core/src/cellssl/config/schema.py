@@ -88,7 +88,8 @@ class EmbedSection:
     :ivar batch_size: images per forward pass.
     :ivar num_workers: DataLoader worker processes.
     :ivar precision: ``bf16`` or ``fp32``. bf16 is fast only where the hardware has native bf16 (CUDA, CPUs with
-        AVX512-BF16 or AMX); on an AVX2-only CPU it is about 10x slower than fp32 (a warning says so).
+        AVX512-BF16 or AMX); on an AVX2-only CPU it is 3-10x slower than fp32, the more the larger the batch (a
+        warning says so).
     :ivar bf16: how ``precision: bf16`` runs: ``cast`` (the weights are cast to bf16 once and inputs cast; no
         per-call casts), ``autocast`` (fp32 weights under ``torch.autocast``) or ``auto`` (``cast`` on CUDA and on
         CPUs with native bf16, ``autocast`` elsewhere; see :mod:`cellssl.embed.fast`). The two give slightly

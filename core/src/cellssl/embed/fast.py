@@ -10,18 +10,22 @@ bf16 has two modes (``embed.bf16``):
 - ``cast``: the weights are cast to bf16 once (on a copy: the caller's backbone is left in fp32) and inputs are
   cast to bf16, so no per-call casts are made; every operation runs in bf16, so the numbers differ more from fp32
   than autocast's do (on a random ViT-S/8, cosine to fp32 >= 0.999 per embedding; see tests/test_embed_fast.py).
-- ``auto``: ``cast`` on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), where skipping the per-call casts
-  is faster; ``autocast`` elsewhere. On a CPU without native bf16 (AVX2 only) both modes measured the same speed
-  (bf16 matmul is emulated there and about 10x slower than fp32, so such CPUs should use ``embed.precision:
-  fp32``; a warning says so), and autocast stays closer to fp32.
+- ``auto``: ``cast`` on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), ``autocast`` elsewhere. Measured
+  (benchmarks/embed_throughput.py, ViT-S/8 at 64 px): on a CPU with AVX512-BF16 casting was 1.05-1.1x autocast; on
+  an AVX2-only CPU cast was 1.08x (24 images per forward) to 1.2-1.3x (4 per forward) autocast, but bf16 matmuls
+  are emulated there and fp32 ran 2.6-3.9x faster than either bf16 mode, so such CPUs should use ``embed.precision:
+  fp32`` (a warning says so) and ``auto`` keeps autocast there, the mode closer to fp32 and the one embedding sets
+  were written with before casting existed. On CUDA casting avoids the per-call casts (not measured here).
 
 The two modes give different numbers, so the resolved mode is part of an embedding set's fingerprint
 (:func:`numerics`): a table made one way is not read as the other.
 
-``embed.compile: true`` wraps the module in ``torch.compile`` (inductor). Inductor needs a working C++ compiler on
-CPU; :func:`compile_unavailable` tries a tiny compiled function first, and when that fails the backbone runs eager
-with a warning that names the reason. The first batch of each new shape pays the compilation (tens of seconds on a
-2-core CPU for ViT-S).
+``embed.compile: true`` wraps the module in ``torch.compile`` (inductor, with ``freezing``: the weights become
+constants and GEMMs are prepacked, which is what made compiled fp32 match eager on a CPU instead of running 0.6-0.85x
+of it). Inductor needs a working C++ compiler on CPU; :func:`compile_unavailable` tries a tiny compiled function
+first, and when that fails the backbone runs eager with a warning that names the reason. The first batch of each new
+shape pays the compilation (35-70 s on a shared 2-core CPU for ViT-S). On an AVX2 CPU compiling gained nothing
+measurable (fp32 1.0-1.04x, bf16 0.95-1.05x eager: the GEMMs dominate); see the benchmark's README paragraph.
 """
 
 from __future__ import annotations
@@ -139,8 +143,8 @@ def compile_unavailable(device: torch.device | str) -> str | None:
 def _warn_slow_bf16(device: torch.device) -> None:
     if device.type == "cpu" and not native_bf16(device):
         logger.warning(
-            "embed.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated here and run about "
-            "10x slower than fp32 (benchmarks/embed_throughput.py measures it); set embed.precision=fp32 on this "
+            "embed.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated here and run "
+            "3-10x slower than fp32 (benchmarks/embed_throughput.py measures it); set embed.precision=fp32 on this "
             "machine")
 
 
@@ -170,7 +174,7 @@ def prepare_for_inference(backbone: nn.Module, precision: str = "bf16", bf16: st
     if compile:
         reason = compile_unavailable(device)
         if reason is None:
-            module = torch.compile(module)
+            module = torch.compile(module, options={"freezing": True})  # weights as constants: prepacked GEMMs
             compiled = True
         else:
             logger.warning("embed.compile=true but torch.compile cannot run on %s here (%s); embedding runs eager. "
