@@ -105,7 +105,7 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
     from cellssl.finetune.loop import FinetuneLoop, choose_thresholds, score
     from cellssl.finetune.model import Classifier, optimizer_groups
     from cellssl.models.checkpoint import save_state_dict_atomic
-    from cellssl.pipeline import _eval_preprocess, _weighted_backbone
+    from cellssl.pipeline import eval_preprocess, weighted_backbone
     from cellssl.plan.checks import plan_dataset
     from cellssl.train.distributed import barrier, get_world_size, is_main_process
 
@@ -120,9 +120,9 @@ def finetune_run(run: Run, stop_after: int | None = None) -> dict[str, Any]:
                          getattr(dataset, "label_separator", None))
     labels = rows.labels
     metric = select_metric(section, labels.multilabel)
-    backbone, weights = _weighted_backbone(run, channels)
+    backbone, weights = weighted_backbone(run, channels)
     backbone = copy.deepcopy(backbone).to(device)  # the plan's cached backbone stays as loaded
-    images = load_images(dataset, _eval_preprocess(run), rows.rows)
+    images = load_images(dataset, eval_preprocess(run), rows.rows)
     strategy = plan.cache["strategy"]
     probe = Classifier(strategy, backbone, channels, 1, 1, section).to(device)
     if section.linear_probe_baseline:  # the starting features of every row, before any weight changes
