@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from cellssl.train.checkpointing import load_checkpoint
 from cellssl.train.config import TrainSection
 from cellssl.train.param_groups import param_groups
 from cellssl.train.schedules import ScheduleSet
-from cellssl.train.trainer import Trainer, build_optimizer
+from cellssl.train.trainer import Trainer, _to_device, autocast, build_optimizer
 
 CHANNELS = ("brightfield", "dna", "darkfield")
 
@@ -202,3 +203,54 @@ def test_divergence_before_any_checkpoint_says_so_and_what_to_do(tmp_path: Path,
         trainer.fit()
     assert not (tmp_path / "grad" / "checkpoints" / "last.pt").exists()
     assert not (tmp_path / "grad" / "teacher_backbone.pt").exists()
+
+
+def test_bf16_precision_autocasts_to_bfloat16_whatever_the_default_autocast_dtype() -> None:
+    x = torch.rand(3, 3)
+    default = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)  # a changed default (CUDA's is float16) must not leak in
+    try:
+        with autocast(torch.device("cpu"), "bf16"):
+            assert torch.is_autocast_enabled("cpu") and (x @ x).dtype == torch.bfloat16
+        with autocast(torch.device("cpu"), "fp32"):
+            assert not torch.is_autocast_enabled("cpu") and (x @ x).dtype == torch.float32
+    finally:
+        torch.set_autocast_dtype("cpu", default)
+
+
+def test_final_checkpoint_is_a_copy_where_hard_links_fail(tmp_path: Path, cells: _Cells,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    _trainer(tmp_path, cells, max_steps=1).fit()
+    last, final = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "final.pt"
+    assert final.read_bytes() == last.read_bytes() and os.stat(final).st_ino != os.stat(last).st_ino
+    assert load_checkpoint(final)["step"] == 1
+
+
+def test_batches_move_their_tensors_to_the_device_and_keep_the_rest() -> None:
+    batch = {"global": torch.rand(2, 3, 4, 4), "seed": torch.tensor([1, 2]), "n_global": 2, "names": ["dna"]}
+    moved = _to_device(batch, torch.device("meta"))  # the meta device stands in for an accelerator
+    assert moved["global"].device.type == "meta" and moved["seed"].device.type == "meta"
+    assert moved["global"].shape == (2, 3, 4, 4) and moved["seed"].dtype == torch.int64
+    assert moved["n_global"] == 2 and moved["names"] == ["dna"] and set(moved) == set(batch)
+    assert batch["global"].device.type == "cpu"  # the input batch is not changed
+
+
+def test_time_in_callbacks_counts_neither_towards_max_minutes_nor_the_throughput(tmp_path: Path,
+                                                                                 cells: _Cells) -> None:
+    # a 2 s budget and a callback that sleeps 2.5 s after step 1: the three steps themselves take well under 2 s
+    trainer = _trainer(tmp_path, cells, max_steps=3, max_minutes=2 / 60)
+    records: list[dict[str, Any]] = []
+
+    def slow_evaluation(t: Trainer, record: dict[str, Any]) -> None:
+        records.append(record)
+        if t.step == 1:
+            time.sleep(2.5)
+
+    trainer.callbacks.append(slow_evaluation)
+    result = trainer.fit()
+    assert result.completed and not result.stopped_by_time and result.step == 3
+    assert records[1]["images_per_s"] > 4 / 2.5  # step 2's 4 images are not timed across the 2.5 s pause
