@@ -68,8 +68,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             payload = payload[: state.cut_after]
             state.cut_after = None
             self.close_connection = True
-        self.wfile.write(payload)
+        # recorded before the body goes out: the client may return as soon as it has read the last byte
         state.requests.append((self.path, range_header, len(payload)))
+        self.wfile.write(payload)
 
 
 @pytest.fixture
