@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 from cellssl.data.multicrop import MultiCropConfig
 from cellssl.data.normalize import PerImageNormalizer
 from cellssl.data.sample import CellSample
-from cellssl.errors import TrainingDivergedError
+from cellssl.errors import CheckpointError, TrainingDivergedError
 from cellssl.models.vit import ViTConfig, build_vit
 from cellssl.objectives.dino import DINOConfig, DINOObjective, HeadConfig
 from cellssl.train.checkpointing import load_checkpoint
@@ -53,9 +54,9 @@ def cells(shared_data: Path) -> _Cells:
     return _Cells(shared_data / "jurkat-cellcycle", 16)
 
 
-def _objective() -> DINOObjective:
+def _objective(out_dim: int = 16) -> DINOObjective:
     config = DINOConfig(multicrop=MultiCropConfig(global_size=16, local_size=8, n_local=1),
-                        head=HeadConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8, nlayers=2),
+                        head=HeadConfig(out_dim=out_dim, hidden_dim=16, bottleneck_dim=8, nlayers=2),
                         centering="sinkhorn_knopp")
     vit = ViTConfig(arch="vit_tiny", patch_size=8, img_size=16, embed_dim=16, depth=2, num_heads=2,
                     layerscale_init=None)
@@ -114,6 +115,12 @@ def test_checkpoint_payload_and_final_is_a_link_to_last(tmp_path: Path, cells: _
     saved: list[int] = []
     trainer.callbacks.append(lambda t, record: saved.append(load_checkpoint(t.checkpoint_path)["step"])
                              if t.checkpoint_path is not None else None)
+
+    def mark_monitor(t: Trainer, record: dict[str, Any]) -> None:
+        if t.step == 3:  # after the last step, before the final checkpoint
+            t.monitor.count, t.monitor.warned = 7, True
+
+    trainer.callbacks.append(mark_monitor)
     result = trainer.fit()
     assert saved == [2, 2]  # step 1: none yet; step 2: written; step 3 (the last): left to the end of the run
     last = tmp_path / "checkpoints" / "last.pt"
@@ -125,6 +132,9 @@ def test_checkpoint_payload_and_final_is_a_link_to_last(tmp_path: Path, cells: _
                                                        "samples_seen": 12, "world_size": 1}
     assert payload["train"] == asdict(trainer.section) and payload["plan"] == trainer.plan.state_dict()
     assert payload["schedules"] == trainer.schedules.state_dict()
+    assert payload["monitor"] == trainer.monitor.state_dict() and payload["monitor"]["count"] == 7
+    resumed = _trainer(tmp_path, cells, max_steps=3, checkpoint_every_steps=2)
+    assert resumed.resume() and resumed.monitor.count == 7 and resumed.monitor.warned
     assert os.stat(final).st_ino == os.stat(last).st_ino  # final.pt shares last.pt's bytes
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary link left behind
 
@@ -254,3 +264,55 @@ def test_time_in_callbacks_counts_neither_towards_max_minutes_nor_the_throughput
     result = trainer.fit()
     assert result.completed and not result.stopped_by_time and result.step == 3
     assert records[1]["images_per_s"] > 4 / 2.5  # step 2's 4 images are not timed across the 2.5 s pause
+
+
+def test_checkpoints_capture_the_rng_of_the_training_device(tmp_path: Path, cells: _Cells,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import cellssl.train.trainer as trainer_module
+
+    devices: list[object] = []
+    real = trainer_module.capture_rng_state
+
+    def spy(device: torch.device | None = None) -> dict[str, Any]:
+        devices.append(device)
+        return real(device)
+
+    monkeypatch.setattr(trainer_module, "capture_rng_state", spy)
+    _trainer(tmp_path, cells, max_steps=1).fit()
+    assert devices == [torch.device("cpu")]  # a CUDA device adds the CUDA generators' states
+
+
+def test_checkpoints_hold_every_ranks_rng_state_when_the_parallel_layer_gathers_them(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = _trainer(tmp_path / "alone", cells, max_steps=1)
+    alone.fit()
+    assert "rng_ranks" not in load_checkpoint(tmp_path / "alone" / "checkpoints" / "last.pt")  # one process
+    trainer = _trainer(tmp_path / "ranks", cells, max_steps=1)
+    given: list[dict[str, Any]] = []
+
+    def gather(own: dict[str, Any]) -> list[dict[str, Any]]:  # what two ranks would return
+        given.append(own)
+        return [own, {"rank": 1}]
+
+    monkeypatch.setattr(trainer.parallel, "rng_states", gather)
+    trainer.fit()
+    payload = load_checkpoint(tmp_path / "ranks" / "checkpoints" / "last.pt")
+    assert len(given) == 1 and set(given[0]) == {"python", "numpy", "torch"}
+    assert payload["rng_ranks"][1] == {"rank": 1}
+    assert torch.equal(payload["rng_ranks"][0]["torch"], payload["rng"]["torch"])
+
+
+def test_resume_without_a_checkpoint_and_with_one_that_does_not_fit(tmp_path: Path, cells: _Cells,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    fresh = _trainer(tmp_path, cells, max_steps=1, resume=True)
+    assert fresh.resume() is False and fresh.step == 0 and fresh.checkpoint_path is None
+    where = tmp_path / "checkpoints" / "last.pt"
+    assert (f"train.resume is true but there is no checkpoint to resume from ({where} does not exist): starting "
+            "from step 0") in caplog.text
+    fresh.fit()
+    other = Trainer(_objective(out_dim=8), [cells], PerImageNormalizer(), _section(max_steps=2), tmp_path,
+                    torch.device("cpu"), seed=0)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(where))}: the checkpoint does not match the "
+                                              r"configured model"):
+        other.resume()
