@@ -25,7 +25,7 @@ from cellssl.data.sample import CellSample
 from cellssl.errors import CheckpointError, TrainingDivergedError
 from cellssl.models.vit import ViTConfig, build_vit
 from cellssl.objectives.dino import DINOConfig, DINOObjective, HeadConfig
-from cellssl.train.checkpointing import load_checkpoint
+from cellssl.train.checkpointing import load_checkpoint, save_checkpoint
 from cellssl.train.config import TrainSection
 from cellssl.train.param_groups import param_groups
 from cellssl.train.schedules import ScheduleSet
@@ -316,3 +316,24 @@ def test_resume_without_a_checkpoint_and_with_one_that_does_not_fit(tmp_path: Pa
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(where))}: the checkpoint does not match the "
                                               r"configured model"):
         other.resume()
+
+
+def test_resume_names_an_optimizer_state_that_does_not_fit_and_accepts_checkpoints_without_a_monitor(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    _trainer(tmp_path, cells, max_steps=1).fit()
+    where = tmp_path / "checkpoints" / "last.pt"
+    regrouped = _trainer(tmp_path, cells, max_steps=2, layerwise_decay=0.5)  # same model, more AdamW groups
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(where))}: optimizer state does not fit the model "
+                                              r"\(.+\); the config changed since the checkpoint: use another "
+                                              r"run\.output_dir to start a new run\.$"):
+        regrouped.resume()
+    payload = load_checkpoint(where)
+    del payload["monitor"]  # written before the collapse monitor kept state
+    save_checkpoint(where, payload)
+    older = _trainer(tmp_path, cells, max_steps=2)
+    devices: list[torch.device] = []
+    real = older.parallel.restore_rng
+    monkeypatch.setattr(older.parallel, "restore_rng", lambda data, device: (devices.append(device),
+                                                                            real(data, device)))
+    assert older.resume() and older.monitor.state_dict() == {"state": None, "count": 0, "warned": False}
+    assert devices == [torch.device("cpu")]  # the training device's generators are restored
