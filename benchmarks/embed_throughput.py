@@ -2,6 +2,8 @@
 
 One run prints three tables (medians of ``--repeats`` timed runs after one warm-up run each):
 
+Every table interleaves its variants round by round, so load from other processes falls on all of them alike.
+
 1. **End-to-end vs backbone-only** on real Jurkat cells (``../shared/data/jurkat-cellcycle``, 3 channels folded
    into the batch by ``bag_of_channels``, resized to ``--size`` px): the run's :class:`~cellssl.embed.Embedder`
    ``export`` (decode the TIFFs, normalise with dataset statistics, resize, strategy, backbone, Parquet shards and
@@ -48,19 +50,6 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """``(first call seconds, median of ``repeats`` further calls)``."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def _run(folder: Path, args: argparse.Namespace) -> object:  # a cellssl Run
@@ -137,13 +126,15 @@ def modes(args: argparse.Namespace) -> None:
                 ("bf16", "cast", False), ("bf16", "autocast", True), ("bf16", "cast", True)]
     if args.skip_compile:
         variants = [v for v in variants if not v[2]]
+    variants.sort(key=lambda v: v[2])  # eager rows first
     reason = compile_unavailable(device) if not args.skip_compile else None
     print(f"\n2. inference modes: {args.arch}/{args.patch} at {args.size} px, {args.mode_batch} single-channel images "
           f"per forward; native bf16 on {device}: {'yes' if native_bf16(device) else 'no'}")
     if reason:
         print(f"torch.compile unavailable ({reason}): compiled rows run eager")
     print(f"{'mode':<26}{'images/s':>10}{'vs fp32':>9}{'vs autocast':>13}{'first call s':>14}")
-    speeds: dict[tuple[str, str, bool], float] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    first: dict[str, float] = {}
     for precision, bf16, compiled in variants:
         inference = prepare_for_inference(vit, precision, bf16, compiled, device)
 
@@ -153,14 +144,16 @@ def modes(args: argparse.Namespace) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        first, median = _median_time(forward, args.repeats)
-        speeds[(precision, bf16, compiled)] = args.mode_batch / median
-        base = speeds[("fp32", "auto", False)]
-        autocast = speeds.get(("bf16", "autocast", False))
         label = f"{precision}{'' if precision == 'fp32' else ' ' + bf16}{' compiled' if compiled else ''}"
-        vs_autocast = f"{speeds[(precision, bf16, compiled)] / autocast:>12.2f}x" if autocast else " " * 13
-        speed = speeds[(precision, bf16, compiled)]
-        print(f"{label:<26}{speed:>10.2f}{speed / base:>8.2f}x{vs_autocast}{first:>14.1f}")
+        start = time.perf_counter()
+        forward()  # compiles a compiled variant
+        first[label], fns[label] = time.perf_counter() - start, forward
+    times = _interleaved(fns, args.repeats)
+    speeds = {label: args.mode_batch / wall for label, (wall, _) in times.items()}
+    for label, speed in speeds.items():
+        autocast = speeds.get("bf16 autocast")
+        vs_autocast = f"{speed / autocast:>12.2f}x" if autocast and label.startswith("bf16") else " " * 13
+        print(f"{label:<26}{speed:>10.2f}{speed / speeds['fp32']:>8.2f}x{vs_autocast}{first[label]:>14.1f}")
 
 
 def folding(args: argparse.Namespace) -> None:
@@ -179,8 +172,9 @@ def folding(args: argparse.Namespace) -> None:
         torch.testing.assert_close(folded.embed(vit, images, names), looped.embed(vit, images, names),
                                    rtol=1e-4, atol=1e-4)
 
-        _, t_fold = _median_time(lambda: folded.embed(vit, images, names), args.repeats)
-        _, t_loop = _median_time(lambda: looped.embed(vit, images, names), args.repeats)
+        times = _interleaved({"folded": lambda: folded.embed(vit, images, names),
+                              "looped": lambda: looped.embed(vit, images, names)}, args.repeats)
+    t_fold, t_loop = times["folded"][0], times["looped"][0]
     print(f"\n3. folded vs one channel at a time (fp32, batch {args.batch} x 3 channels): "
           f"{args.batch / t_fold:.1f} vs {args.batch / t_loop:.1f} cells/s ({t_loop / t_fold:.2f}x)")
 
@@ -201,6 +195,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-compile", action="store_true", help="no torch.compile rows in table 2")
+    parser.add_argument("--skip-end-to-end", action="store_true", help="no table 1")
     parser.add_argument("--skip-modes", action="store_true", help="no table 2")
     parser.add_argument("--folding", action="store_true", help="also print table 3")
     args = parser.parse_args()
@@ -208,7 +203,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, "
           f"load average {load:.1f} at start, median of {args.repeats}")
-    end_to_end(args)
+    if not args.skip_end_to_end:
+        end_to_end(args)
     if not args.skip_modes:
         modes(args)
     if args.folding:

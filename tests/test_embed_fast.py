@@ -218,3 +218,20 @@ def test_the_throughput_benchmark_prints_its_tables(shared_data: Path, capsys: p
     modes = re.findall(r"^(fp32|bf16 autocast|bf16 cast)\s+([\d.]+)\s+([\d.]+)x", out, re.MULTILINE)
     assert [m[0] for m in modes] == ["fp32", "bf16 autocast", "bf16 cast"] and modes[0][2] == "1.00"
     assert "compiled" not in out
+
+
+def test_config_show_lists_the_keys_and_refuses_a_bad_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from cellssl.cli import main
+
+    quickstart = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    assert main(["config", "show", quickstart]) == 0
+    embed = yaml.safe_load(capsys.readouterr().out)["embed"]
+    assert (embed["bf16"], embed["compile"]) == ("auto", False)
+    assert main(["config", "show", quickstart, "embed.bf16=cast", "embed.compile=true"]) == 0
+    embed = yaml.safe_load(capsys.readouterr().out)["embed"]
+    assert (embed["bf16"], embed["compile"]) == ("cast", True)
+    assert main(["config", "show", quickstart, "embed.bf16=fast"]) == 2
+    assert "embed.bf16 must be one of auto, cast, autocast (how precision bf16 runs), got 'fast'" in \
+        capsys.readouterr().err

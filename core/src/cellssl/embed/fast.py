@@ -11,21 +11,23 @@ bf16 has two modes (``embed.bf16``):
   cast to bf16, so no per-call casts are made; every operation runs in bf16, so the numbers differ more from fp32
   than autocast's do (on a random ViT-S/8, cosine to fp32 >= 0.999 per embedding; see tests/test_embed_fast.py).
 - ``auto``: ``cast`` on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), ``autocast`` elsewhere. Measured
-  (benchmarks/embed_throughput.py, ViT-S/8 at 64 px): on a CPU with AVX512-BF16 casting was 1.05-1.1x autocast; on
-  an AVX2-only CPU cast was 1.08x (24 images per forward) to 1.2-1.3x (4 per forward) autocast, but bf16 matmuls
-  are emulated there and fp32 ran 2.6-3.9x faster than either bf16 mode, so such CPUs should use ``embed.precision:
-  fp32`` (a warning says so) and ``auto`` keeps autocast there, the mode closer to fp32 and the one embedding sets
-  were written with before casting existed. On CUDA casting avoids the per-call casts (not measured here).
+  with benchmarks/embed_throughput.py (ViT-S/8 at 64 px, 4 images per forward): on an AVX2-only CPU, one
+  uncontended thread, cast ran 1.04x autocast (1.3x with two threads shared with other jobs, a noisier figure), but
+  bf16 matmuls are emulated there and fp32 ran 7.5x faster than either bf16 mode, so such CPUs should use
+  ``embed.precision: fp32`` (a warning says so); ``auto`` keeps autocast there, the mode closer to fp32 and the one
+  embedding sets were written with before casting existed. Casting was measured at 1.05-1.1x autocast on a CPU with
+  AVX512-BF16; on CUDA it avoids the per-call casts (not measured here: no GPU).
 
 The two modes give different numbers, so the resolved mode is part of an embedding set's fingerprint
 (:func:`numerics`): a table made one way is not read as the other.
 
-``embed.compile: true`` wraps the module in ``torch.compile`` (inductor, with ``freezing``: the weights become
-constants and GEMMs are prepacked, which is what made compiled fp32 match eager on a CPU instead of running 0.6-0.85x
-of it). Inductor needs a working C++ compiler on CPU; :func:`compile_unavailable` tries a tiny compiled function
-first, and when that fails the backbone runs eager with a warning that names the reason. The first batch of each new
-shape pays the compilation (35-70 s on a shared 2-core CPU for ViT-S). On an AVX2 CPU compiling gained nothing
-measurable (fp32 1.0-1.04x, bf16 0.95-1.05x eager: the GEMMs dominate); see the benchmark's README paragraph.
+``embed.compile: true`` wraps the module in ``torch.compile`` (inductor, with ``freezing``: weights become constants,
+the setting PyTorch recommends for CPU inference). Inductor needs a working C++ compiler on CPU;
+:func:`compile_unavailable` tries a tiny compiled function first, and when that fails the backbone runs eager with a
+warning that names the reason. The first batch of each new shape pays the compilation (10-70 s on a 2-core CPU for
+ViT-S, less when inductor's cache holds the kernels). On an AVX2-only CPU compiling gained nothing: one thread, fp32
+compiled ran 0.83x eager and bf16 compiled 0.99-1.06x eager autocast (the GEMMs dominate); see the benchmark's
+README paragraph.
 """
 
 from __future__ import annotations
