@@ -337,3 +337,18 @@ def test_resume_names_an_optimizer_state_that_does_not_fit_and_accepts_checkpoin
                                                                             real(data, device)))
     assert older.resume() and older.monitor.state_dict() == {"state": None, "count": 0, "warned": False}
     assert devices == [torch.device("cpu")]  # the training device's generators are restored
+
+
+def test_the_divergence_check_reads_the_global_loss_and_falls_back_to_the_local_one(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _trainer(tmp_path, cells, max_steps=2)
+    batch = trainer.collate([trainer.views[key] for key in trainer.plan.batches(0)[0]])
+    real = trainer.parallel.reduce_terms
+    # another rank's loss is inf: the averaged (global) loss is inf, and every rank must stop at this step
+    monkeypatch.setattr(trainer.parallel, "reduce_terms", lambda terms: {**real(terms), "loss": float("inf")})
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged at step 1 \(epoch 0\): the loss is inf"):
+        trainer.train_step(batch)
+    # an objective that logs no "loss" term: the step checks (and trains on) its own loss
+    monkeypatch.setattr(trainer.parallel, "reduce_terms", lambda terms: {})
+    record = trainer.train_step(batch)
+    assert record["step"] == 1 and "loss" not in record and record["grad_norm"] > 0
