@@ -93,10 +93,14 @@ def test_cast_runs_a_bf16_copy_close_to_fp32(vit: torch.nn.Module, cells: torch.
 def test_bf16_on_a_cpu_without_native_bf16_warns(vit: torch.nn.Module, caplog: pytest.LogCaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "native_bf16", lambda device: False)
+    monkeypatch.setattr(fast, "_WARNED_SLOW_BF16", set())
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
         fast.prepare_for_inference(vit, "bf16", "autocast")
     assert "3-10x slower than fp32" in caplog.text and "embed.precision=fp32" in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
+        fast.prepare_for_inference(vit, "bf16", "cast")
+    assert caplog.text == ""  # once per process, not once per embedder
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
         fast.prepare_for_inference(vit, "fp32")
     assert caplog.text == ""

@@ -134,6 +134,8 @@ def test_run_directory_refuses_changed_outputs_allows_extensions_and_restarts(ru
                                           r"normalize\.mode.*--restart"):
         execute(load_run_config(path, ["normalize.mode=per_image"]))
     assert "mode: dataset" in (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"changed keys embed\.bf16.*--restart"):  # cast weights: other numbers
+        execute(load_run_config(path, ["embed.bf16=cast"]))
     # other evaluators only extend the run: allowed and recorded
     assert main(["eval", str(path), "eval[0].ks=[1,3]"]) == 0
     history = [json.loads(line) for line in (run_dir / "config_history.jsonl").read_text().splitlines()]

@@ -142,8 +142,13 @@ def compile_unavailable(device: torch.device | str) -> str | None:
     return _compile_unavailable(torch.device(device).type)
 
 
+_WARNED_SLOW_BF16: set[str] = set()
+
+
 def _warn_slow_bf16(device: torch.device) -> None:
-    if device.type == "cpu" and not native_bf16(device):
+    """Warn, once per process, that bf16 on this CPU is emulated."""
+    if device.type == "cpu" and not native_bf16(device) and "cpu" not in _WARNED_SLOW_BF16:
+        _WARNED_SLOW_BF16.add("cpu")
         logger.warning(
             "embed.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated here and run "
             "3-10x slower than fp32 (benchmarks/embed_throughput.py measures it); set embed.precision=fp32 on this "

@@ -35,7 +35,7 @@ CONFIG_FILE = "config.yaml"
 PRODUCED_BY: dict[str, tuple[str, ...]] = {
     "train": ("data", "channels", "backbone", "objective", "normalize", "train.extra_datasets"),
     "embed": ("data", "channels", "backbone", "weights", "normalize", "embed.features", "embed.img_size",
-              "embed.precision"),
+              "embed.precision", "embed.bf16"),
 }
 #: Outputs a restart deletes.
 OUTPUTS = ("checkpoints", "embeddings", "eval", "teacher_backbone.pt", "channel_stats.json", "skipped.csv",
