@@ -135,6 +135,7 @@ def test_checkpoint_payload_and_final_is_a_link_to_last(tmp_path: Path, cells: _
     assert payload["monitor"] == trainer.monitor.state_dict() and payload["monitor"]["count"] == 7
     resumed = _trainer(tmp_path, cells, max_steps=3, checkpoint_every_steps=2)
     assert resumed.resume() and resumed.monitor.count == 7 and resumed.monitor.warned
+    assert resumed.checkpoint_path == last and resumed.fit().checkpoint == last  # a completed run names it too
     assert os.stat(final).st_ino == os.stat(last).st_ino  # final.pt shares last.pt's bytes
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary link left behind
 
