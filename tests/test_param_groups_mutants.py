@@ -31,8 +31,12 @@ def test_biases_and_gammas_of_any_shape_are_not_decayed() -> None:
 
 
 def test_layerwise_decay_needs_blocks_and_counts_a_single_one() -> None:
-    plain = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))  # no blocks.<i>.: every multiplier is 1
-    assert {v[0] for v in _multipliers(plain, layerwise_decay=0.5).values()} == {1.0}
+    plain = nn.Module()  # no blocks.<i>.: every multiplier is 1, the patch embedding and tokens' too
+    plain.patch_embed = nn.Linear(2, 2)
+    plain.cls_token = nn.Parameter(torch.zeros(1, 1, 2))
+    plain.head = nn.Linear(2, 2)
+    found = _multipliers(plain, layerwise_decay=0.5)
+    assert {v[0] for v in found.values()} == {1.0} and set(found) >= {"patch_embed.weight", "cls_token"}
     one = nn.Module()
     one.patch_embed = nn.Linear(2, 2)
     one.blocks = nn.ModuleList([nn.Linear(2, 2)])
