@@ -182,7 +182,8 @@ def test_a_cast_embedding_set_records_its_mode_and_is_refused_as_autocast(runs: 
     table = read_embeddings(out, expected_fingerprint=expected_embedding(run)[0])
     assert table.embeddings.shape == (8, 3 * 32)
 
-    config["embed"]["bf16"] = "autocast"
+    config["embed"]["bf16"] = "autocast"  # in its own run directory: the finished one refuses a changed embed.bf16
+    config["run"]["output_dir"] = str(runs.tmp / "autocast")
     other = start_run(load_run_config(runs.write(config, "autocast.yaml"), []))
     fingerprint, parts = expected_embedding(other)
     assert parts["precision"] == "bf16" and fingerprint != manifest["fingerprint"]
