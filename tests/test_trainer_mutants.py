@@ -353,3 +353,20 @@ def test_the_divergence_check_reads_the_global_loss_and_falls_back_to_the_local_
     monkeypatch.setattr(trainer.parallel, "reduce_terms", lambda terms: {})
     record = trainer.train_step(batch)
     assert record["step"] == 1 and "loss" not in record and record["grad_norm"] > 0
+
+
+def test_a_parameter_without_a_gradient_in_a_step_is_not_moved_by_the_optimizer(tmp_path: Path,
+                                                                                cells: _Cells) -> None:
+    # a parameter that trained in step 1 and gets no gradient in step 2 (frozen between steps, or a head
+    # the step's loss does not reach) must stay put: a zeroed (not cleared) gradient would let AdamW's
+    # momentum and weight decay move it anyway
+    trainer = _trainer(tmp_path, cells, max_steps=3, clip_grad=None, weight_decay=0.04, weight_decay_end=0.04)
+    batch = trainer.collate([trainer.views[key] for key in trainer.plan.batches(0)[0]])
+    trainer.train_step(batch)
+    frozen = trainer.objective.student.backbone.patch_embed.proj.weight
+    assert trainer.optimizer.state[frozen]["exp_avg"].abs().max() > 0  # it has momentum from step 1
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    trainer.train_step(batch)
+    assert frozen.grad is None
+    torch.testing.assert_close(frozen.detach(), before, rtol=0, atol=0)
