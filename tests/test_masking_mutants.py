@@ -232,3 +232,15 @@ def test_distinct_torch_seeds_give_distinct_mask_streams() -> None:
     assert len(firsts) == 200
     numpy_gen = np.random.default_rng(0)
     assert as_numpy_generator(numpy_gen) is numpy_gen
+
+
+@pytest.mark.parametrize(("grid", "ratio"), [(1, 1.0), (2, 0.5), (2, 1.0), (3, 0.5)])
+def test_default_masks_work_on_grids_too_small_for_four_patch_blocks(grid: int, ratio: float) -> None:
+    # a 16 px crop with 8 px patches is a 2x2 grid: DINOv2's blocks of >= 4 patches but <= N // 2 cannot both hold
+    from cellssl.objectives.masking import dinov2_block_generator
+
+    n = grid * grid
+    generator = dinov2_block_generator(grid, grid)
+    assert (generator.min_num_patches, generator.max_num_patches) == (min(4, max(1, n // 2)), max(1, n // 2))
+    masks = sample_masks(6, grid, (ratio, ratio), 1.0, torch.Generator().manual_seed(0))
+    assert masks.shape == (6, n) and masks.sum(dim=1).tolist() == [int(n * ratio)] * 6

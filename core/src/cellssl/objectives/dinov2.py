@@ -29,7 +29,7 @@ from cellssl.objectives.dinov2_config import DINOv2Config
 from cellssl.objectives.dinov2_config import IBOTConfig as IBOTConfig
 from cellssl.objectives.ibot_loss import IBOTPatchLoss
 from cellssl.objectives.koleo import KoLeoLoss
-from cellssl.objectives.masking import BlockMaskingGenerator, sample_masks
+from cellssl.objectives.masking import dinov2_block_generator, sample_masks
 
 
 class MaskedCollate:
@@ -41,7 +41,7 @@ class MaskedCollate:
 
     def __init__(self, grid: int, ratio: tuple[float, float], probability: float) -> None:
         self.grid, self.ratio, self.probability = grid, ratio, probability
-        self.generator = BlockMaskingGenerator(grid, grid, max_num_patches=max(1, grid * grid // 2))
+        self.generator = dinov2_block_generator(grid, grid)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch = collate_multicrop(items)

@@ -133,6 +133,16 @@ class BlockMaskingGenerator:
         return torch.from_numpy(mask)
 
 
+def dinov2_block_generator(grid_h: int, grid_w: int) -> BlockMaskingGenerator:
+    """DINOv2's block generator for a ``grid_h x grid_w`` grid: blocks of at most half the grid (at least one
+    patch) and at least 4 patches, or fewer on a grid too small for that (a 2x2 grid: blocks of 1-2 patches).
+
+    :raises ValueError: for an empty grid.
+    """
+    largest = max(1, grid_h * grid_w // 2)
+    return BlockMaskingGenerator(grid_h, grid_w, min_num_patches=min(4, largest), max_num_patches=largest)
+
+
 def sample_masks(
     batch_size: int,
     grid: int | tuple[int, int],
@@ -152,8 +162,8 @@ def sample_masks(
     :param mask_ratio_min_max: range of mask ratios, ``0 <= min <= max <= 1``.
     :param mask_sample_probability: fraction of the batch that is masked, in ``[0, 1]``.
     :param generator: random source (see :func:`as_numpy_generator`).
-    :param mask_generator: block generator for this grid; default ``BlockMaskingGenerator(grid_h,
-        grid_w, max_num_patches=N // 2)`` (DINOv2's setting).
+    :param mask_generator: block generator for this grid; default :func:`dinov2_block_generator` (blocks of
+        4 to ``N // 2`` patches, DINOv2's setting, the minimum lowered on grids under 8 patches).
     :return: ``(B, N)`` bool tensor, True = masked.
     :raises ValueError: on out-of-range arguments or a ``mask_generator`` for another grid.
     """
@@ -167,7 +177,7 @@ def sample_masks(
     if batch_size < 0:
         raise ValueError(f"batch_size must be >= 0, got {batch_size}")
     if mask_generator is None:
-        mask_generator = BlockMaskingGenerator(grid_h, grid_w, max_num_patches=max(1, n_patches // 2))
+        mask_generator = dinov2_block_generator(grid_h, grid_w)
     elif (mask_generator.grid_h, mask_generator.grid_w) != (grid_h, grid_w):
         raise ValueError(
             f"mask_generator is for a {mask_generator.grid_h}x{mask_generator.grid_w} grid, not {grid_h}x{grid_w}"
