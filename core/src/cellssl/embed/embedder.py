@@ -180,10 +180,11 @@ class Embedder:
         """
         from cellssl.embed.store import read_embeddings
         from cellssl.errors import DataError
+        from cellssl.plan.fingerprint import digest
 
         out_dir = Path(out_dir)
-        parts = self.fingerprint_parts(dataset, data_block)
-        fingerprint = self.fingerprint(dataset, data_block)
+        parts = self.fingerprint_parts(dataset, data_block)  # hashes the dataset's table once
+        fingerprint = digest(parts)
         if reuse and (out_dir / MANIFEST_FILE).is_file():
             try:
                 table = read_embeddings(out_dir, expected_fingerprint=fingerprint, expected_parts=parts)
