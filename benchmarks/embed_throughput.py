@@ -11,7 +11,9 @@ Every table interleaves its variants round by round, so load from other processe
    ratio.
 2. **Inference modes** on ``--mode-batch`` single-channel images per forward: eager fp32, compiled fp32, bf16
    autocast, bf16 weights cast once, and both bf16 modes compiled (``embed.bf16`` / ``embed.compile``). The
-   compile time (first call) is printed beside each compiled mode.
+   compile time (first call) is printed beside each compiled mode. On a CPU without native bf16, cast runs its
+   matmuls with fp32 units (``cellssl.embed.emulated_bf16``); a row "bf16 cast (bf16 kernels)" runs the same bf16
+   copy on PyTorch's bf16 kernels for comparison.
 3. (``--folding``) channels folded into the batch vs one forward per channel.
 
     python benchmarks/embed_throughput.py                       # ViT-S/8, 64 px, 48 cells, fp32 end to end
@@ -22,6 +24,7 @@ Every table interleaves its variants round by round, so load from other processe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -132,11 +135,17 @@ def modes(args: argparse.Namespace) -> None:
           f"per forward; native bf16 on {device}: {'yes' if native_bf16(device) else 'no'}")
     if reason:
         print(f"torch.compile unavailable ({reason}): compiled rows run eager")
-    print(f"{'mode':<26}{'images/s':>10}{'vs fp32':>9}{'vs autocast':>13}{'first call s':>14}")
+    print(f"{'mode':<42}{'images/s':>10}{'vs fp32':>9}{'vs autocast':>13}{'first call s':>14}")
     fns: dict[str, Callable[[], object]] = {}
     first: dict[str, float] = {}
-    for precision, bf16, compiled in variants:
+    rows = [(precision, bf16, compiled, False) for precision, bf16, compiled in variants]
+    if not native_bf16(device):  # cast's fp32 matmuls against the same bf16 copy on the bf16 kernels
+        rows.insert(next(i for i, r in enumerate(rows) if r[:3] == ("bf16", "cast", False)) + 1,
+                    ("bf16", "cast", False, True))
+    for precision, bf16, compiled, bf16_kernels in rows:
         inference = prepare_for_inference(vit, precision, bf16, compiled, device)
+        if bf16_kernels:
+            inference = dataclasses.replace(inference, fp32_matmuls=False)
 
         def forward(inference=inference) -> None:
             with torch.no_grad(), inference.context():
@@ -145,6 +154,7 @@ def modes(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
 
         label = f"{precision}{'' if precision == 'fp32' else ' ' + bf16}{' compiled' if compiled else ''}"
+        label += " (bf16 kernels)" if bf16_kernels else " (fp32 matmuls)" if inference.fp32_matmuls else ""
         start = time.perf_counter()
         forward()  # compiles a compiled variant
         first[label], fns[label] = time.perf_counter() - start, forward
@@ -153,7 +163,7 @@ def modes(args: argparse.Namespace) -> None:
     for label, speed in speeds.items():
         autocast = speeds.get("bf16 autocast")
         vs_autocast = f"{speed / autocast:>12.2f}x" if autocast and label.startswith("bf16") else " " * 13
-        print(f"{label:<26}{speed:>10.2f}{speed / speeds['fp32']:>8.2f}x{vs_autocast}{first[label]:>14.1f}")
+        print(f"{label:<42}{speed:>10.2f}{speed / speeds['fp32']:>8.2f}x{vs_autocast}{first[label]:>14.1f}")
 
 
 def folding(args: argparse.Namespace) -> None:

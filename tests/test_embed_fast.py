@@ -55,13 +55,12 @@ def _assert_close_to_fp32(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert (out - ref).abs().max() <= 0.02 * ref.abs().max(), ((out - ref).abs().max(), ref.abs().max())
 
 
-def test_auto_casts_where_bf16_is_native_and_autocasts_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_casts_on_every_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fast.resolve_bf16_mode("auto", "cuda") == "cast"
     assert fast.resolve_bf16_mode("cast", "cpu") == "cast" and fast.resolve_bf16_mode("autocast", "cuda") == "autocast"
-    monkeypatch.setattr(fast, "native_bf16", lambda device: False)
-    assert fast.resolve_bf16_mode("auto", "cpu") == "autocast"
-    monkeypatch.setattr(fast, "native_bf16", lambda device: True)
-    assert fast.resolve_bf16_mode("auto", "cpu") == "cast"
+    for native in (False, True):
+        monkeypatch.setattr(fast, "native_bf16", lambda device, native=native: native)
+        assert fast.resolve_bf16_mode("auto", "cpu") == "cast"
     with pytest.raises(ValueError, match=r"embed.bf16 must be one of auto, cast, autocast, got 'half'"):
         fast.resolve_bf16_mode("half", "cpu")
 
@@ -70,7 +69,7 @@ def test_numerics_labels_keep_autocast_as_bf16_and_ignore_the_mode_in_fp32() -> 
     assert fast.numerics("fp32", "cast", "cpu") == "fp32"
     assert fast.numerics("bf16", "autocast", "cpu") == "bf16"  # the label embedding sets had before bf16 casting
     assert fast.numerics("bf16", "cast", "cpu") == "bf16-cast"
-    assert fast.numerics("bf16", "auto", "cuda") == "bf16-cast"
+    assert fast.numerics("bf16", "auto", "cuda") == "bf16-cast" and fast.numerics("bf16", "auto", "cpu") == "bf16-cast"
 
 
 def test_cast_runs_a_bf16_copy_close_to_fp32(vit: torch.nn.Module, cells: torch.Tensor) -> None:
@@ -90,20 +89,45 @@ def test_cast_runs_a_bf16_copy_close_to_fp32(vit: torch.nn.Module, cells: torch.
     torch.testing.assert_close(_run(fp32, cells), ref, rtol=0, atol=0)
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns(vit: torch.nn.Module, caplog: pytest.LogCaptureFixture,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autocast_on_a_cpu_without_native_bf16_warns_once(vit: torch.nn.Module, caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "native_bf16", lambda device: False)
     monkeypatch.setattr(fast, "_WARNED_SLOW_BF16", set())
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
+        fast.prepare_for_inference(vit, "bf16", "cast")
+    assert caplog.text == ""  # cast multiplies with fp32 units there: not slow
+    with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
         fast.prepare_for_inference(vit, "bf16", "autocast")
-    assert "3-10x slower than fp32" in caplog.text and "embed.precision=fp32" in caplog.text
+    assert "3-10x slower than fp32" in caplog.text and "embed.bf16=cast" in caplog.text
+    assert "embed.precision=fp32" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
-        fast.prepare_for_inference(vit, "bf16", "cast")
+        fast.prepare_for_inference(vit, "bf16", "autocast")
     assert caplog.text == ""  # once per process, not once per embedder
     with caplog.at_level(logging.WARNING, logger="cellssl.embed.fast"):
         fast.prepare_for_inference(vit, "fp32")
     assert caplog.text == ""
+
+
+def test_cast_without_native_bf16_multiplies_in_fp32_and_stays_close_to_fp32(
+        vit: torch.nn.Module, cells: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.embed.emulated_bf16 import Fp32MatmulsForBf16
+
+    with torch.no_grad():
+        ref = vit(cells)
+    monkeypatch.setattr(fast, "native_bf16", lambda device: True)
+    native = fast.prepare_for_inference(vit, "bf16", "cast")
+    assert not native.fp32_matmuls and not isinstance(native.context(), Fp32MatmulsForBf16)
+    monkeypatch.setattr(fast, "native_bf16", lambda device: False)
+    emulated = fast.prepare_for_inference(vit, "bf16", "cast")
+    assert emulated.fp32_matmuls and isinstance(emulated.context(), Fp32MatmulsForBf16)
+    assert emulated.numerics == "bf16-cast" and {p.dtype for p in emulated.module.parameters()} == {torch.bfloat16}
+    out = _run(emulated, cells)
+    _assert_close_to_fp32(out, ref)
+    # the same bf16 numbers as bf16 kernels, up to the order of the sums: close to the cast mode's own output
+    cosine = torch.nn.functional.cosine_similarity(out, _run(native, cells))
+    assert cosine.min() >= 0.9999, cosine.min()
+    assert not fast.prepare_for_inference(vit, "bf16", "autocast").fp32_matmuls
 
 
 def test_the_embedder_uses_its_mode_and_an_override_runs_the_fp32_backbone(vit: torch.nn.Module,
@@ -220,8 +244,10 @@ def test_the_throughput_benchmark_prints_its_tables(shared_data: Path, capsys: p
     assert [r[0] for r in rows] == ["backbone only (preprocessed)", "end to end (Embedder.export)"]
     assert all(float(images) == pytest.approx(3 * float(cells), rel=0.05) for _, cells, images in rows)
     assert re.search(r"end to end / backbone only throughput: \d+% \(wall clock\), \d+% \(CPU time", out)
-    modes = re.findall(r"^(fp32|bf16 autocast|bf16 cast)\s+([\d.]+)\s+([\d.]+)x", out, re.MULTILINE)
-    assert [m[0] for m in modes] == ["fp32", "bf16 autocast", "bf16 cast"] and modes[0][2] == "1.00"
+    modes = re.findall(r"^(fp32|bf16 autocast|bf16 cast(?: \((?:fp32 matmuls|bf16 kernels)\))?)\s+([\d.]+)\s+([\d.]+)x",
+                       out, re.MULTILINE)
+    casts = ["bf16 cast"] if fast.native_bf16("cpu") else ["bf16 cast (fp32 matmuls)", "bf16 cast (bf16 kernels)"]
+    assert [m[0] for m in modes] == ["fp32", "bf16 autocast", *casts] and modes[0][2] == "1.00"
     assert "compiled" not in out
 
 

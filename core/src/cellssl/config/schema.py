@@ -87,13 +87,14 @@ class EmbedSection:
         then every image of the dataset must have the same size).
     :ivar batch_size: images per forward pass.
     :ivar num_workers: DataLoader worker processes.
-    :ivar precision: ``bf16`` or ``fp32``. bf16 is fast only where the hardware has native bf16 (CUDA, CPUs with
-        AVX512-BF16 or AMX); on an AVX2-only CPU it is 3-10x slower than fp32, the more the larger the batch (a
-        warning says so).
+    :ivar precision: ``bf16`` or ``fp32``. bf16 is fastest where the hardware has native bf16 (CUDA, CPUs with
+        AVX512-BF16 or AMX); on an AVX2-only CPU ``cast`` runs at about 0.75x fp32 (its matmuls use fp32 units) and
+        ``autocast`` 3-10x slower than fp32 (a warning says so).
     :ivar bf16: how ``precision: bf16`` runs: ``cast`` (the weights are cast to bf16 once and inputs cast; no
-        per-call casts), ``autocast`` (fp32 weights under ``torch.autocast``) or ``auto`` (``cast`` on CUDA and on
-        CPUs with native bf16, ``autocast`` elsewhere; see :mod:`cellssl.embed.fast`). The two give slightly
-        different numbers, so the mode used is part of the embedding fingerprint.
+        per-call casts; on CPUs without native bf16 the matmuls multiply the bf16 operands in fp32), ``autocast``
+        (fp32 weights under ``torch.autocast``) or ``auto`` (``cast``, the faster mode on every device measured;
+        see :mod:`cellssl.embed.fast`). The two give slightly different numbers, so the mode used is part of the
+        embedding fingerprint.
     :ivar compile: run the backbone through ``torch.compile`` (inductor; needs a C++ compiler on CPU, else the
         backbone runs eager with a warning). Each new batch shape compiles once (tens of seconds on a CPU).
     :ivar shard_rows: rows per Parquet shard (bounds memory).

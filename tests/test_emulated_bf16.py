@@ -1,0 +1,100 @@
+"""bf16 matmuls with fp32 units (cellssl.embed.emulated_bf16): which calls are widened, and their numbers.
+
+A bf16 x bf16 product is exact in fp32, so a widened matmul differs from the exactly rounded (float64) result by
+fp32 summation error only: at most one bf16 unit in the last place, and on almost no element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from cellssl.embed.emulated_bf16 import WIDENED_OPS, Fp32MatmulsForBf16, all_bf16_on_cpu
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the dtypes of the tensor arguments of every call that reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Callable[..., Any], tuple[torch.dtype, ...]]] = []
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        dtypes = tuple(a.dtype for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        self.calls.append((func, dtypes))
+        return func(*args, **kwargs)
+
+
+def _bf16_ulp(values: torch.Tensor) -> torch.Tensor:
+    """The spacing of bf16 numbers at ``values`` (8 significand bits)."""
+    exponent = torch.floor(torch.log2(values.abs().clamp_min(1e-30)))
+    return torch.pow(2.0, exponent - 7)
+
+
+@pytest.fixture
+def operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 96, generator=gen).bfloat16()
+    w = torch.randn(53, 96, generator=gen).bfloat16()
+    b = torch.randn(53, generator=gen).bfloat16()
+    return x, w, b
+
+
+def test_a_widened_linear_is_the_fp32_product_of_the_bf16_operands_rounded_to_bf16(
+        operands: tuple[torch.Tensor, ...]) -> None:
+    x, w, b = operands
+    recorder = _Recorder()
+    with recorder, Fp32MatmulsForBf16():
+        out = F.linear(x, w, b)
+    assert out.dtype == torch.bfloat16 and out.shape == (37, 53)
+    # the call that reached the kernels below the mode had fp32 operands
+    assert [dtypes for func, dtypes in recorder.calls if func is F.linear] == [(torch.float32,) * 3]
+    torch.testing.assert_close(out, F.linear(x.float(), w.float(), b.float()).bfloat16(), rtol=0, atol=0)
+    exact = F.linear(x.double(), w.double(), b.double())
+    error = (out.double() - exact).abs()
+    assert bool((error <= _bf16_ulp(exact.float()).double()).all())  # within one bf16 ulp everywhere
+    assert float((error > 0.5 * _bf16_ulp(exact.float()).double()).float().mean()) < 0.01  # rounded right almost always
+
+
+def test_matmul_operators_convolution_and_attention_are_widened() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(2, 5, 8, generator=gen).bfloat16()
+    c = torch.randn(2, 8, 3, generator=gen).bfloat16()
+    image = torch.randn(1, 2, 9, 9, generator=gen).bfloat16()
+    kernel = torch.randn(4, 2, 3, 3, generator=gen).bfloat16()
+    q = torch.randn(1, 2, 6, 8, generator=gen).bfloat16()
+    cases = {
+        "@": (lambda: a @ c, lambda: (a.float() @ c.float())),
+        "bmm": (lambda: torch.bmm(a, c), lambda: torch.bmm(a.float(), c.float())),
+        "conv2d": (lambda: F.conv2d(image, kernel), lambda: F.conv2d(image.float(), kernel.float())),
+        "sdpa": (lambda: F.scaled_dot_product_attention(q, q, q),
+                 lambda: F.scaled_dot_product_attention(q.float(), q.float(), q.float())),
+    }
+    for name, (widened, fp32) in cases.items():
+        with Fp32MatmulsForBf16():
+            out = widened()
+        assert out.dtype == torch.bfloat16, name
+        torch.testing.assert_close(out, fp32().bfloat16(), rtol=0, atol=0, msg=name)
+
+
+def test_other_dtypes_mixed_calls_and_other_operations_run_unchanged(
+        operands: tuple[torch.Tensor, ...]) -> None:
+    x, w, b = operands
+    recorder = _Recorder()
+    with recorder, Fp32MatmulsForBf16():
+        fp32 = F.linear(x.float(), w.float())
+        norm = F.layer_norm(x, (96,))
+        gelu = F.gelu(x)
+    assert fp32.dtype == torch.float32 and norm.dtype == torch.bfloat16 and gelu.dtype == torch.bfloat16
+    reached = {func: dtypes for func, dtypes in recorder.calls}
+    assert reached[F.layer_norm] == (torch.bfloat16,) and reached[F.gelu] == (torch.bfloat16,)
+    assert F.layer_norm not in WIDENED_OPS and F.linear in WIDENED_OPS
+    assert all_bf16_on_cpu((x, w), {"bias": b}) and not all_bf16_on_cpu((x, w.float()), {})
+    assert not all_bf16_on_cpu((3, "a"), {}) and all_bf16_on_cpu(([x, w],), {})
