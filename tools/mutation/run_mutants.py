@@ -22,6 +22,7 @@ Usage::
     python tools/mutation/run_mutants.py --report-only         # rewrite docs/mutation.md from stored results
     python tools/mutation/run_mutants.py --budget-scale 0.5    # half of every budget
     python tools/mutation/run_mutants.py --recheck-survivors data/augment.py   # survivors only, after new tests
+    python tools/mutation/run_mutants.py --unchecked --children 2 train/trainer.py  # finish a run the budget cut
 
 Exit status: 0 when the runs and the report were written; 2 on a bad argument or a failed mutmut run
 (e.g. the tests do not pass on the unmutated code); the log is in the workspace (``mutmut.log``).
@@ -156,15 +157,16 @@ def prepare_workspace(target: Target, workdir: Path, suffix: str = "") -> Path:
     return ws
 
 
-def run_mutmut(target: Target, ws: Path, budget: float, names: Sequence[str] = ()) -> tuple[bool, float]:
-    """Run mutmut in ``ws`` (on the mutants ``names`` only, if given) for at most ``budget`` seconds; returns
-    ``(finished, seconds)``."""
+def run_mutmut(target: Target, ws: Path, budget: float, names: Sequence[str] = (),
+               children: int = 1) -> tuple[bool, float]:
+    """Run mutmut in ``ws`` (on the mutants ``names`` only, if given; ``children`` mutants at a time) for at
+    most ``budget`` seconds; returns ``(finished, seconds)``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "true"}
     data = shared_data()
     if data is not None:
         env["CELLSSL_TEST_DATA"] = str(data)
     mutmut = Path(sys.executable).with_name("mutmut")
-    command = ["nice", "-n", "10", str(mutmut), "run", "--max-children", "1", *names]
+    command = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(children), *names]
     start = time.monotonic()
     with open(ws / "mutmut.log", "w") as log:
         # its own process group: at the budget, mutmut and the workers it forked are interrupted together
@@ -210,35 +212,62 @@ def diffs(ws: Path, names: Sequence[str]) -> dict[str, list[str]]:
     return json.loads(shown.stdout)
 
 
-def recheck_survivors(target: Target, workdir: Path, budget: float) -> dict[str, Any] | None:
+def load_stored(target: Target) -> dict[str, Any]:
+    """The stored result of ``target``; raises ``RuntimeError`` when there is none."""
+    path = RESULTS / f"{target.slug}.json"
+    if not path.is_file():
+        raise RuntimeError(f"no stored result {path} to continue from: run {target.module} first")
+    return json.loads(path.read_text())
+
+
+def recheck_survivors(target: Target, workdir: Path, budget: float, children: int = 1) -> dict[str, Any] | None:
     """Run the target's current tests on the non-equivalent survivors of its stored result only, and return
     the result with their new statuses (``None`` when there is nothing to re-check).
 
     :raises RuntimeError: if there is no stored result, or a survivor's diff changed (the source changed
         since the stored run, so mutant names no longer denote the same mutants: run the module in full).
     """
-    path = RESULTS / f"{target.slug}.json"
-    if not path.is_file():
-        raise RuntimeError(f"no stored result {path} to re-check: run {target.module} first")
-    stored = json.loads(path.read_text())
+    stored = load_stored(target)
     equivalents = load_equivalents(HERE / "equivalent.toml")
     names = [n for n, diff in stored["survivors"].items()
              if not (n in equivalents and equivalents[n]["change"].strip() in (line.strip() for line in diff))]
-    if not names:
-        return None
+    return rerun(target, workdir, budget, stored, names, children) if names else None
+
+
+def check_unchecked(target: Target, workdir: Path, budget: float, children: int = 1) -> dict[str, Any] | None:
+    """Run the target's tests on the mutants its stored result lists as "not checked" (a run its budget
+    stopped), merging their statuses into it (``None`` when every mutant was checked).
+
+    :raises RuntimeError: if there is no stored result or the module's source changed since it was stored.
+    """
+    stored = load_stored(target)
+    names = [n for n, status in stored["statuses"].items() if status == "not checked"]
+    return rerun(target, workdir, budget, stored, names, children) if names else None
+
+
+def rerun(target: Target, workdir: Path, budget: float, stored: dict[str, Any], names: list[str],
+          children: int = 1) -> dict[str, Any]:
+    """Run mutants ``names`` of ``target`` with its current tests and merge their statuses into ``stored``.
+
+    :raises RuntimeError: if a stored survivor's diff changed (the source changed since the stored run, so
+        mutant names no longer denote the same mutants: run the module in full).
+    """
     ws = prepare_workspace(target, workdir, suffix="-recheck")
-    finished, seconds = run_mutmut(target, ws, budget, names)
+    finished, seconds = run_mutmut(target, ws, budget, names, children)
     now = collect(target, ws, finished, seconds)
-    moved = [n for n, diff in diffs(ws, names).items() if diff != stored["survivors"][n]]
+    known = [n for n in names if n in stored["survivors"]]
+    moved = [n for n, diff in diffs(ws, known).items() if diff != stored["survivors"][n]]
     if moved:
         raise RuntimeError(f"{target.module} changed since its stored run (mutants {moved[:3]} differ): run it in full")
-    statuses = {**stored["statuses"], **{n: now["statuses"][n] for n in names if n in now["statuses"]}}
+    statuses = {**stored["statuses"], **{n: now["statuses"][n] for n in names
+                                         if now["statuses"].get(n, "not checked") != "not checked"}}
     left = [n for n in names if statuses[n] == "survived"]
-    survivors = {n: d for n, d in stored["survivors"].items() if n not in names or n in left}
+    survivors = {n: d for n, d in stored["survivors"].items() if n not in names}
+    survivors.update({n: d for n, d in {**stored["survivors"], **now["survivors"]}.items() if n in left})
     recheck = {"date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "mutants": len(names),
                "still_surviving": len(left), "tests": target.tests, "deselected": target.deselect}
-    return {**stored, "statuses": statuses, "counts": dict(Counter(statuses.values())), "survivors": survivors,
-            "rechecks": [*stored.get("rechecks", []), recheck]}
+    return {**stored, "statuses": statuses, "counts": dict(Counter(statuses.values())),
+            "survivors": dict(sorted(survivors.items())), "rechecks": [*stored.get("rechecks", []), recheck]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only rewrite docs/mutation.md")
     parser.add_argument("--recheck-survivors", action="store_true",
                         help="run only the stored non-equivalent survivors of the modules again (after new tests)")
+    parser.add_argument("--unchecked", action="store_true",
+                        help="run only the mutants a module's stored result lists as not checked (budget ran out)")
+    parser.add_argument("--children", type=int, default=1,
+                        help="mutants tested at a time (each test process uses one thread); default 1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -268,14 +301,15 @@ def main(argv: list[str] | None = None) -> int:
             budget = target.budget * args.budget_scale
             logger.info("mutating %s (budget %.0f s, tests %s)", target.module, budget, " ".join(target.tests))
             try:
-                if args.recheck_survivors:
-                    result = recheck_survivors(target, args.workdir, budget)
+                if args.recheck_survivors or args.unchecked:
+                    rerun_some = recheck_survivors if args.recheck_survivors else check_unchecked
+                    result = rerun_some(target, args.workdir, budget, args.children)
                     if result is None:
-                        logger.info("  %s: no survivors to re-check", target.module)
+                        logger.info("  %s: no mutants to re-run", target.module)
                         continue
                 else:
                     ws = prepare_workspace(target, args.workdir)
-                    finished, seconds = run_mutmut(target, ws, budget)
+                    finished, seconds = run_mutmut(target, ws, budget, children=args.children)
                     result = collect(target, ws, finished, seconds)
             except RuntimeError as exc:
                 print(f"run_mutants: {exc}", file=sys.stderr)
