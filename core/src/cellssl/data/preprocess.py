@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cellssl.data.dataset import CellDataset
+from cellssl.data.digests import stats_fingerprint
 from cellssl.data.normalize import ChannelStats, Normalizer, build_normalizer, compute_channel_stats
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def resolve_channel_stats(
     """Dataset-level channel statistics: from ``stats_path``, else ``run_dir/channel_stats.json`` when it was
     computed from the same inputs, else computed on up to ``max_samples`` images of ``dataset`` and saved there.
 
-    :param fingerprint: digest of what the statistics depend on (:func:`cellssl.plan.fingerprint.stats_fingerprint`);
+    :param fingerprint: digest of what the statistics depend on (:func:`cellssl.data.digests.stats_fingerprint`);
         a stored file with another (or no) fingerprint is recomputed. ``None``: a stored file is reused as is.
     :raises DataError: if the statistics would not be finite (naming the first offending sample).
     """
@@ -100,7 +101,7 @@ class DatasetPreprocessFactory:
     - ``dataset`` mode: the statistics of ``normalize.stats_path``; else the run's ``channel_stats.json``
       (``run_stats``) when it covers every channel of the dataset; else statistics computed on up to
       ``normalize.stats_samples`` images of the dataset and stored in ``<stats_dir>/channel_stats.json`` with
-      their :func:`~cellssl.plan.fingerprint.stats_fingerprint` (data block, rows, table content, channels,
+      their :func:`~cellssl.data.digests.stats_fingerprint` (data block, rows, table content, channels,
       settings), so they are computed once and recomputed only when the dataset or the settings change.
 
     Calling the factory returns ``(preprocess, normalisation identity)``: the picklable
@@ -117,8 +118,6 @@ class DatasetPreprocessFactory:
         self.run_stats = Path(run_stats) if run_stats is not None else None
 
     def _stats(self, dataset: CellDataset, stats_dir: Path, data_block: Mapping[str, Any]) -> ChannelStats:
-        from cellssl.plan.fingerprint import stats_fingerprint
-
         if self.normalize.stats_path:
             return ChannelStats.load(self.normalize.stats_path)
         if self.run_stats is not None and self.run_stats.is_file():

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellssl.data.digests import dataset_identity, digest
 from cellssl.embed.fast import eager, prepare_for_inference
 
 if TYPE_CHECKING:
@@ -155,8 +156,6 @@ class Embedder:
 
         :raises ValueError: when this embedder was built without an identity.
         """
-        from cellssl.plan.fingerprint import dataset_identity
-
         if self.identity is None:
             raise ValueError("this Embedder was built without an identity (what its embeddings depend on), so it "
                              "has no fingerprint; use the run's embedder (cellssl.pipeline.run_embedder)")
@@ -164,8 +163,6 @@ class Embedder:
 
     def fingerprint(self, dataset: Any, data_block: Mapping[str, Any] | None = None) -> str:
         """SHA-256 digest of :meth:`fingerprint_parts` (what an embedding set's manifest records)."""
-        from cellssl.plan.fingerprint import digest
-
         return digest(self.fingerprint_parts(dataset, data_block))
 
     def cached_export(self, dataset: Any, out_dir: str | Path, *, data_block: Mapping[str, Any] | None = None,
@@ -180,8 +177,6 @@ class Embedder:
         """
         from cellssl.embed.store import read_embeddings
         from cellssl.errors import DataError
-        from cellssl.plan.fingerprint import digest
-
         out_dir = Path(out_dir)
         parts = self.fingerprint_parts(dataset, data_block)  # hashes the dataset's table once
         fingerprint = digest(parts)

@@ -7,60 +7,20 @@
 - :func:`stats_fingerprint`: what channel statistics were computed from (tables, rows, channels, data
   blocks with their bit depth, normalisation settings, seed). Stored in ``channel_stats.json``.
 
-Digests are SHA-256 of canonical JSON; file digests are SHA-256 of the bytes (cached per path, size and
-modification time within a process).
+The digests themselves (canonical JSON, files, tables, a dataset's identity, statistics inputs) are in
+:mod:`cellssl.data.digests`, re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cellssl.plan.model import RunPlan, _plain
+from cellssl.data.digests import dataset_identity, digest, file_sha256, plain, stats_fingerprint, table_digest
+from cellssl.plan.model import RunPlan
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def digest(value: Any) -> str:
-    """SHA-256 (hex) of ``value`` as canonical JSON (sorted keys; non-JSON values as ``str``)."""
-    text = json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        sha = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
-        _FILE_DIGESTS[key] = sha.hexdigest()
-    return _FILE_DIGESTS[key]
-
-
-def table_digest(frame: Any) -> str:
-    """SHA-256 (hex) of a metadata table's content (column names, values, row order)."""
-    import pandas as pd
-
-    sha = hashlib.sha256(json.dumps([str(c) for c in frame.columns]).encode("utf-8"))
-    try:
-        hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-        sha.update(hashed.tobytes())
-    except TypeError:  # unhashable cells (lists): fall back to their text
-        sha.update(frame.astype(str).to_csv(index=False).encode("utf-8"))
-    return sha.hexdigest()
-
-
-def dataset_identity(block: dict[str, Any], dataset: Any) -> dict[str, Any]:
-    """The data part of a fingerprint: the validated block, row count, table digest and channels."""
-    return {"block": block, "rows": len(dataset), "table": table_digest(dataset.metadata),
-            "channels": list(dataset.channel_names)}
+__all__ = ["dataset_identity", "digest", "embedding_fingerprint", "embedding_numerics", "embedding_parts",
+           "file_sha256", "stats_fingerprint", "table_digest", "weights_identity"]
 
 
 def weights_identity(plan: RunPlan, weights: Path | None) -> dict[str, Any]:
@@ -73,7 +33,7 @@ def weights_identity(plan: RunPlan, weights: Path | None) -> dict[str, Any]:
 
 def embedding_parts(plan: RunPlan, dataset: Any, weights: Path | None) -> dict[str, Any]:
     """Everything an embedding set depends on, as plain data (stored in the manifest beside its digest)."""
-    normalize = _plain(plan.normalize)
+    normalize = plain(plan.normalize)
     if plan.normalize.mode == "dataset" and plan.normalize.stats_path:
         normalize["stats_sha256"] = file_sha256(plan.normalize.stats_path)
     assert plan.data is not None and plan.backbone is not None
@@ -82,7 +42,7 @@ def embedding_parts(plan: RunPlan, dataset: Any, weights: Path | None) -> dict[s
         "strategy": plan.channels.as_dict(),
         "backbone": plan.backbone.as_dict(),
         "weights": weights_identity(plan, weights),
-        "features": _plain(plan.embed.features),
+        "features": plain(plan.embed.features),
         "img_size": plan.embed.img_size,
         "precision": embedding_numerics(plan),
         "normalize": normalize,
@@ -106,16 +66,3 @@ def embedding_numerics(plan: RunPlan) -> str:
 def embedding_fingerprint(plan: RunPlan, dataset: Any, weights: Path | None) -> str:
     """Digest of :func:`embedding_parts`."""
     return digest(embedding_parts(plan, dataset, weights))
-
-
-def stats_fingerprint(blocks: Sequence[dict[str, Any]], datasets: Sequence[Any], normalize: Any, seed: int) -> str:
-    """Digest of what dataset channel statistics are computed from.
-
-    :param blocks: the validated data blocks of ``datasets`` (bit depth and every reading option).
-    :param normalize: the ``normalize`` section (mode, eps, number of images sampled).
-    """
-    return digest({
-        "datasets": [dataset_identity(b, d) for b, d in zip(blocks, datasets, strict=True)],
-        "mode": normalize.mode, "eps": normalize.eps, "stats_samples": getattr(normalize, "stats_samples", None),
-        "seed": seed,
-    })

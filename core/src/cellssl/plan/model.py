@@ -8,7 +8,6 @@ This module imports neither torch nor any plugin.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cellssl.config.schema import EmbedSection, NormalizeSection, RunSection
+from cellssl.data.digests import plain as _plain
 from cellssl.plugins.registry import Entry
-
-
-def _plain(value: Any) -> Any:
-    """A dataclass instance (or anything nested in it) as plain JSON-like data."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 @dataclass(frozen=True)
