@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -370,3 +370,102 @@ def test_a_parameter_without_a_gradient_in_a_step_is_not_moved_by_the_optimizer(
     trainer.train_step(batch)
     assert frozen.grad is None
     torch.testing.assert_close(frozen.detach(), before, rtol=0, atol=0)
+
+
+class _BarSpy:
+    """Stands in for tqdm in the trainer: records the keyword arguments of each bar and its updates."""
+
+    bars: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = {**kwargs, "updates": 0}
+        _BarSpy.bars.append(self.kwargs)
+
+    def update(self, n: int = 1) -> None:
+        self.kwargs["updates"] += n
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self.kwargs["closed"] = True
+
+
+def _spy_on_fit(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path | None]]:
+    """Replace the trainer's tqdm by :class:`_BarSpy` and record the (path, tensorboard_dir) of each MetricsLog."""
+    import cellssl.train.trainer as trainer_module
+
+    logs: list[tuple[Path, Path | None]] = []
+    real = trainer_module.MetricsLog
+
+    def metrics_log(path: Path, tensorboard_dir: Path | None = None) -> Any:
+        logs.append((path, tensorboard_dir))
+        return real(path, None)  # the tensorboard package is not needed to check where its logs would go
+
+    _BarSpy.bars = []
+    monkeypatch.setattr(trainer_module, "tqdm", _BarSpy)
+    monkeypatch.setattr(trainer_module, "MetricsLog", metrics_log)
+    return logs
+
+
+def test_fit_logs_to_the_run_dir_and_its_progress_bar_counts_steps_from_the_resume_point(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    logs = _spy_on_fit(monkeypatch)
+    first = _trainer(tmp_path, cells, max_steps=2, tensorboard=True, progress=True).fit()
+    assert first.completed and first.step == 2
+    assert logs == [(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")]
+    assert _BarSpy.bars == [{"total": 2, "initial": 0, "desc": "train", "unit": "step", "disable": False,
+                             "updates": 2, "closed": True}]
+    # a longer run in the same directory resumes at step 2: its bar starts there; no tensorboard, no bar
+    resumed = _trainer(tmp_path, cells, max_steps=3, tensorboard=False, progress=False).fit()
+    assert resumed.step == 3 and logs[1] == (tmp_path / "metrics.jsonl", None)
+    assert _BarSpy.bars[1] == {"total": 3, "initial": 2, "desc": "train", "unit": "step", "disable": True,
+                               "updates": 1, "closed": True}
+
+
+def test_only_the_main_rank_writes_metrics_and_shows_a_progress_bar(tmp_path: Path, cells: _Cells,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    logs = _spy_on_fit(monkeypatch)
+    trainer = _trainer(tmp_path, cells, max_steps=1, progress=True)
+    env = trainer.parallel.env
+    fields = {f.name for f in dataclasses.fields(env)}
+    assert "rank" in fields, fields
+    monkeypatch.setattr(trainer.parallel, "env", dataclasses.replace(env, rank=1))
+    assert not trainer.parallel.is_main
+    result = trainer.fit()
+    assert result.step == 1 and logs == [] and not (tmp_path / "metrics.jsonl").exists()
+    assert _BarSpy.bars[0]["disable"] is True
+
+
+def test_a_finished_run_returns_completed_not_stopped_and_an_empty_record(tmp_path: Path, cells: _Cells) -> None:
+    first = _trainer(tmp_path, cells, max_steps=2).fit()
+    assert (first.step, first.total_steps, first.completed) == (2, 2, True)
+    assert first.stopped_by_time is False and first.last_record["step"] == 2
+    again = _trainer(tmp_path, cells, max_steps=2).fit()
+    assert (again.step, again.total_steps, again.completed) == (2, 2, True)
+    assert again.stopped_by_time is False and again.last_record == {}
+    assert again.checkpoint is not None and again.checkpoint.parent == tmp_path / "checkpoints"
+
+
+def test_max_minutes_is_a_budget_in_minutes_of_the_monotonic_clock(tmp_path: Path, cells: _Cells,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import cellssl.train.trainer as trainer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=lambda: clock["now"],
+                                                                perf_counter=time.perf_counter))
+    trainer = _trainer(tmp_path, cells, max_steps=6, max_minutes=1.0, log_every=10)
+    real_step = trainer.train_step
+
+    def step_of_30_5_seconds(batch: Any) -> dict[str, Any]:
+        clock["now"] += 30.5
+        return real_step(batch)
+
+    monkeypatch.setattr(trainer, "train_step", step_of_30_5_seconds)
+    result = trainer.fit()
+    # 60 s budget: after step 1, 30.5 s have passed; after step 2, 61 s > 60 s: stop there (61 s would allow a third)
+    assert result.step == 2 and result.stopped_by_time is True and not result.completed
