@@ -385,7 +385,7 @@ class _BarSpy:
         self.kwargs["updates"] += n
 
     def set_postfix(self, **kwargs: Any) -> None:
-        pass
+        self.kwargs["postfix"] = kwargs
 
     def close(self) -> None:
         self.kwargs["closed"] = True
@@ -414,13 +414,15 @@ def test_fit_logs_to_the_run_dir_and_its_progress_bar_counts_steps_from_the_resu
     first = _trainer(tmp_path, cells, max_steps=2, tensorboard=True, progress=True).fit()
     assert first.completed and first.step == 2
     assert logs == [(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")]
+    postfix = {"loss": f"{first.last_record['loss']:.4f}", "refresh": False}  # the bar redraws at its own pace
     assert _BarSpy.bars == [{"total": 2, "initial": 0, "desc": "train", "unit": "step", "disable": False,
-                             "updates": 2, "closed": True}]
+                             "updates": 2, "postfix": postfix, "closed": True}]
     # a longer run in the same directory resumes at step 2: its bar starts there; no tensorboard, no bar
     resumed = _trainer(tmp_path, cells, max_steps=3, tensorboard=False, progress=False).fit()
     assert resumed.step == 3 and logs[1] == (tmp_path / "metrics.jsonl", None)
     assert _BarSpy.bars[1] == {"total": 3, "initial": 2, "desc": "train", "unit": "step", "disable": True,
-                               "updates": 1, "closed": True}
+                               "updates": 1, "postfix": {"loss": f"{resumed.last_record['loss']:.4f}",
+                                                         "refresh": False}, "closed": True}
 
 
 def test_only_the_main_rank_writes_metrics_and_shows_a_progress_bar(tmp_path: Path, cells: _Cells,
@@ -469,3 +471,40 @@ def test_max_minutes_is_a_budget_in_minutes_of_the_monotonic_clock(tmp_path: Pat
     result = trainer.fit()
     # 60 s budget: after step 1, 30.5 s have passed; after step 2, 61 s > 60 s: stop there (61 s would allow a third)
     assert result.step == 2 and result.stopped_by_time is True and not result.completed
+
+
+def test_batches_are_pinned_for_cuda_only(tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cellssl.train.trainer as trainer_module
+
+    class _Stop(Exception):
+        pass
+
+    seen: list[dict[str, Any]] = []
+
+    def loader(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        raise _Stop  # the loader's arguments are all this test needs
+
+    monkeypatch.setattr(trainer_module, "make_loader", loader)
+    with pytest.raises(_Stop):
+        _trainer(tmp_path / "cpu", cells, max_steps=1).fit()
+    trainer = _trainer(tmp_path / "cuda", cells, max_steps=1)
+    trainer.device = torch.device("cuda")  # nothing before the loader touches the device
+    with pytest.raises(_Stop):
+        trainer.fit()
+    assert [kwargs["pin_memory"] for kwargs in seen] == [False, True]
+
+
+def test_the_last_step_is_checkpointed_once_when_it_falls_on_the_checkpoint_interval(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _trainer(tmp_path, cells, max_steps=4, checkpoint_every_steps=2)
+    saves: list[tuple[int, str]] = []
+    real_save = trainer.save
+
+    def save(name: str) -> Path:
+        saves.append((trainer.step, name))
+        return real_save(name)
+
+    monkeypatch.setattr(trainer, "save", save)
+    assert trainer.fit().completed
+    assert saves == [(2, "last.pt"), (4, "last.pt")]  # step 4 by the final save only, not by the interval too
