@@ -400,7 +400,15 @@ def _spy_on_fit(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path | None
 
     def metrics_log(path: Path, tensorboard_dir: Path | None = None) -> Any:
         logs.append((path, tensorboard_dir))
-        return real(path, None)  # the tensorboard package is not needed to check where its logs would go
+        log = real(path, None)  # the tensorboard package is not needed to check where its logs would go
+        close = log.close
+
+        def recorded_close() -> None:
+            logs.append((path, "closed"))  # type: ignore[arg-type]
+            close()
+
+        log.close = recorded_close  # type: ignore[method-assign]
+        return log
 
     _BarSpy.bars = []
     monkeypatch.setattr(trainer_module, "tqdm", _BarSpy)
@@ -413,13 +421,14 @@ def test_fit_logs_to_the_run_dir_and_its_progress_bar_counts_steps_from_the_resu
     logs = _spy_on_fit(monkeypatch)
     first = _trainer(tmp_path, cells, max_steps=2, tensorboard=True, progress=True).fit()
     assert first.completed and first.step == 2
-    assert logs == [(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")]
+    assert logs == [(tmp_path / "metrics.jsonl", tmp_path / "tensorboard"), (tmp_path / "metrics.jsonl", "closed")]
     postfix = {"loss": f"{first.last_record['loss']:.4f}", "refresh": False}  # the bar redraws at its own pace
     assert _BarSpy.bars == [{"total": 2, "initial": 0, "desc": "train", "unit": "step", "disable": False,
                              "updates": 2, "postfix": postfix, "closed": True}]
     # a longer run in the same directory resumes at step 2: its bar starts there; no tensorboard, no bar
     resumed = _trainer(tmp_path, cells, max_steps=3, tensorboard=False, progress=False).fit()
-    assert resumed.step == 3 and logs[1] == (tmp_path / "metrics.jsonl", None)
+    metrics = tmp_path / "metrics.jsonl"
+    assert resumed.step == 3 and logs[2:] == [(metrics, None), (metrics, "closed")]
     assert _BarSpy.bars[1] == {"total": 3, "initial": 2, "desc": "train", "unit": "step", "disable": True,
                                "updates": 1, "postfix": {"loss": f"{resumed.last_record['loss']:.4f}",
                                                          "refresh": False}, "closed": True}
@@ -472,25 +481,37 @@ def test_max_minutes_is_a_budget_in_minutes_of_the_monotonic_clock(tmp_path: Pat
     # 60 s budget: after step 1, 30.5 s have passed; after step 2, 61 s > 60 s: stop there (61 s would allow a third)
     assert result.step == 2 and result.stopped_by_time is True and not result.completed
 
+    # steps of exactly 30 s: 60 s after step 2 is not past the budget yet; step 3 is
+    clock["now"] = 5000.0
+    trainer = _trainer(tmp_path / "exact", cells, max_steps=6, max_minutes=1.0, log_every=10)
+    real_exact = trainer.train_step
+
+    def step_of_30_seconds(batch: Any) -> dict[str, Any]:
+        clock["now"] += 30.0
+        return real_exact(batch)
+
+    monkeypatch.setattr(trainer, "train_step", step_of_30_seconds)
+    assert trainer.fit().step == 3
+
 
 def test_batches_are_pinned_for_cuda_only(tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
     import cellssl.train.trainer as trainer_module
 
-    class _Stop(Exception):
+    class _LoaderCalledError(Exception):
         pass
 
     seen: list[dict[str, Any]] = []
 
     def loader(*args: Any, **kwargs: Any) -> Any:
         seen.append(kwargs)
-        raise _Stop  # the loader's arguments are all this test needs
+        raise _LoaderCalledError  # the loader's arguments are all this test needs
 
     monkeypatch.setattr(trainer_module, "make_loader", loader)
-    with pytest.raises(_Stop):
+    with pytest.raises(_LoaderCalledError):
         _trainer(tmp_path / "cpu", cells, max_steps=1).fit()
     trainer = _trainer(tmp_path / "cuda", cells, max_steps=1)
     trainer.device = torch.device("cuda")  # nothing before the loader touches the device
-    with pytest.raises(_Stop):
+    with pytest.raises(_LoaderCalledError):
         trainer.fit()
     assert [kwargs["pin_memory"] for kwargs in seen] == [False, True]
 
