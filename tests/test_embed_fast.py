@@ -160,6 +160,22 @@ def test_compiled_fp32_matches_eager(vit: torch.nn.Module, cells: torch.Tensor) 
     assert inference.module.embed_dim == 64  # attributes of the backbone stay reachable
 
 
+@pytest.mark.slow  # inductor compiles the ViT: about 20-60 s on a 2-core CPU
+def test_compiled_bf16_cast_with_fp32_matmuls_matches_eager(vit: torch.nn.Module, cells: torch.Tensor,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast, "native_bf16", lambda device: False)  # the fp32-matmul path, whatever this CPU has
+    eager = fast.prepare_for_inference(vit, "bf16", "cast")
+    compiled = fast.prepare_for_inference(vit, "bf16", "cast", compile=True)
+    assert compiled.compiled and compiled.fp32_matmuls
+    with torch.no_grad():
+        ref = vit(cells)
+    out = _run(compiled, cells)
+    _assert_close_to_fp32(out, ref)  # the stated bf16 tolerance against fp32
+    # against eager cast: inductor may keep a fused intermediate in fp32 where eager rounds it to bf16
+    cosine = torch.nn.functional.cosine_similarity(out, _run(eager, cells))
+    assert cosine.min() >= 0.9999, cosine.min()
+
+
 def test_compile_without_a_cxx_compiler_falls_back_to_eager_with_a_warning(
         vit: torch.nn.Module, cells: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
