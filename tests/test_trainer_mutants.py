@@ -529,3 +529,50 @@ def test_the_last_step_is_checkpointed_once_when_it_falls_on_the_checkpoint_inte
     monkeypatch.setattr(trainer, "save", save)
     assert trainer.fit().completed
     assert saves == [(2, "last.pt"), (4, "last.pt")]  # step 4 by the final save only, not by the interval too
+
+
+def test_the_trainer_moves_the_objective_and_hands_its_settings_to_the_parallel_layer(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    objective = _objective()
+    moved: list[object] = []
+    real_to = objective.to
+
+    def to(*args: Any, **kwargs: Any) -> Any:
+        moved.append(args[0] if args else kwargs.get("device"))
+        return real_to(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "to", to)
+    section = _section()
+    trainer = Trainer(objective, [cells], PerImageNormalizer(), section, tmp_path, torch.device("cpu"), seed=7)
+    assert moved == [torch.device("cpu")]
+    parallel = trainer.parallel
+    assert parallel.config is section.distributed and parallel.seed == 7
+    assert parallel.env.device == torch.device("cpu") and parallel.world_size == 1
+
+
+def test_a_step_records_the_collapse_statistics_of_the_teacher_embeddings_and_the_global_throughput(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    import cellssl.train.trainer as trainer_module
+
+    clock = {"now": 50.0}
+
+    def perf_counter() -> float:
+        clock["now"] += 0.125  # each reading 1/8 s after the last
+        return clock["now"]
+
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=time.monotonic, perf_counter=perf_counter))
+    trainer = _trainer(tmp_path, cells, max_steps=2)
+    batch = trainer.collate([trainer.views[key] for key in trainer.plan.batches(0)[0]])
+    trainer._last_tick = perf_counter()
+    record = trainer.train_step(batch)
+    assert record["step"] == 1 and trainer.step == 1
+    assert "embed_std" in record and 0.0 < record["embed_std"] < 1.0  # the teacher embeddings reach the monitor
+    assert record["images_per_s"] == pytest.approx(4 / 0.125)  # 4 images in the 1/8 s since the last tick
+    # two ranks of 4 images each: 8 images in the same time
+    monkeypatch.setattr(trainer.parallel, "env", dataclasses.replace(trainer.parallel.env, world_size=2))
+    monkeypatch.setattr(trainer.parallel, "reduce_terms", lambda terms: terms)  # no process group here
+    trainer._last_tick = perf_counter()
+    assert trainer.train_step(batch)["images_per_s"] == pytest.approx(8 / 0.125)
