@@ -576,3 +576,35 @@ def test_a_step_records_the_collapse_statistics_of_the_teacher_embeddings_and_th
     monkeypatch.setattr(trainer.parallel, "reduce_terms", lambda terms: terms)  # no process group here
     trainer._last_tick = perf_counter()
     assert trainer.train_step(batch)["images_per_s"] == pytest.approx(8 / 0.125)
+
+
+def test_the_parallel_layer_prepares_the_objective_and_shards_the_weighted_batch_plan(
+        tmp_path: Path, cells: _Cells, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cellssl.train.trainer as trainer_module
+    from cellssl.train.parallel import ParallelTraining
+
+    prepared: list[tuple[object, object]] = []
+    real_prepare = ParallelTraining.prepare
+
+    def prepare(self: ParallelTraining, objective: Any, device: torch.device) -> Any:
+        prepared.append((objective, device))
+        return real_prepare(self, objective, device)
+
+    sharded: list[tuple[object, object]] = []
+    real_shard = trainer_module.shard_plan
+
+    def shard_plan(plan: Any, env: Any) -> Any:
+        sharded.append((plan, env))
+        return real_shard(plan, env)
+
+    monkeypatch.setattr(ParallelTraining, "prepare", prepare)
+    monkeypatch.setattr(trainer_module, "shard_plan", shard_plan)
+    small = _Cells(cells.root, 8)
+    trainer = Trainer(_objective(), [cells, small], PerImageNormalizer(), _section(epoch_length=24), tmp_path,
+                      torch.device("cpu"), seed=3, weights=[3.0, 1.0])
+    assert prepared == [(trainer.objective, torch.device("cpu"))]
+    assert len(sharded) == 1 and sharded[0][1] is trainer.parallel.env
+    plan = sharded[0][0]
+    assert (plan.sizes, plan.weights, plan.batch_size, plan.seed, plan.epoch_length) == ([16, 8], [3.0, 1.0], 4, 3, 24)
+    assert trainer.steps_per_epoch == 6  # 24 samples per epoch, batch 4
+    assert trainer.stop_requested is False and trainer.step == 0
