@@ -597,14 +597,23 @@ def test_the_parallel_layer_prepares_the_objective_and_shards_the_weighted_batch
         sharded.append((plan, env))
         return real_shard(plan, env)
 
+    envs: list[Any] = []
+    real_env = trainer_module.current_env
+
+    def current_env(device: torch.device) -> Any:
+        envs.append(real_env(device))
+        return envs[-1]
+
     monkeypatch.setattr(ParallelTraining, "prepare", prepare)
     monkeypatch.setattr(trainer_module, "shard_plan", shard_plan)
+    monkeypatch.setattr(trainer_module, "current_env", current_env)
     small = _Cells(cells.root, 8)
-    trainer = Trainer(_objective(), [cells, small], PerImageNormalizer(), _section(epoch_length=24), tmp_path,
+    trainer = Trainer(_objective(), [cells, small], PerImageNormalizer(), _section(epoch_length=12), tmp_path,
                       torch.device("cpu"), seed=3, weights=[3.0, 1.0])
     assert prepared == [(trainer.objective, torch.device("cpu"))]
+    assert len(envs) == 1 and trainer.parallel.env is envs[0]  # the env of the trainer's device
     assert len(sharded) == 1 and sharded[0][1] is trainer.parallel.env
     plan = sharded[0][0]
-    assert (plan.sizes, plan.weights, plan.batch_size, plan.seed, plan.epoch_length) == ([16, 8], [3.0, 1.0], 4, 3, 24)
-    assert trainer.steps_per_epoch == 6  # 24 samples per epoch, batch 4
+    assert (plan.sizes, plan.weights, plan.batch_size, plan.seed, plan.epoch_length) == ([16, 8], [3.0, 1.0], 4, 3, 12)
+    assert trainer.steps_per_epoch == 3  # 12 samples per epoch (not the 24 of both datasets), batch 4
     assert trainer.stop_requested is False and trainer.step == 0
