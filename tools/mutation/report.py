@@ -34,6 +34,7 @@ rewrites this page from the stored results (`tools/mutation/results/`). It is no
     .venv/bin/python tools/mutation/run_mutants.py objectives/ema.py     # one module
     .venv/bin/python tools/mutation/run_mutants.py --report-only    # rewrite this page
     .venv/bin/python tools/mutation/run_mutants.py --recheck-survivors data/augment.py  # its survivors only
+    .venv/bin/python tools/mutation/run_mutants.py --unchecked --children 2 train/trainer.py  # what a budget left
 
 A re-check runs the module's current tests on the stored non-equivalent survivors only (after tests were
 added for them) and updates their statuses; it refuses when a survivor's diff changed (the source moved on).
@@ -111,7 +112,8 @@ def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Pa
         s = summarise(result, equivalents)
         run = f"{result['date']}, {result['seconds']} s" + ("" if result["finished"] else ", budget reached")
         for recheck in result.get("rechecks", []):
-            run += f"; {recheck['mutants']} survivors re-checked {recheck['date']} ({recheck['seconds']} s)"
+            what = "unchecked mutants run" if recheck.get("kind") == "unchecked" else "survivors re-checked"
+            run += f"; {recheck['mutants']} {what} {recheck['date']} ({recheck['seconds']} s)"
         lines.append(f"| `{target.module}` | {s['total']} | {s['killed'] + s['crashed']} | {s['timeout']} | "
                      f"{s['survived']} ({len(s['equivalent'])}) | {s['no_tests']} | {s['not_checked']} | "
                      f"{_rate(s['rate'])} | {run} |")

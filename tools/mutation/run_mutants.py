@@ -231,7 +231,7 @@ def recheck_survivors(target: Target, workdir: Path, budget: float, children: in
     equivalents = load_equivalents(HERE / "equivalent.toml")
     names = [n for n, diff in stored["survivors"].items()
              if not (n in equivalents and equivalents[n]["change"].strip() in (line.strip() for line in diff))]
-    return rerun(target, workdir, budget, stored, names, children) if names else None
+    return rerun(target, workdir, budget, stored, names, children, "survivors") if names else None
 
 
 def check_unchecked(target: Target, workdir: Path, budget: float, children: int = 1) -> dict[str, Any] | None:
@@ -242,12 +242,13 @@ def check_unchecked(target: Target, workdir: Path, budget: float, children: int 
     """
     stored = load_stored(target)
     names = [n for n, status in stored["statuses"].items() if status == "not checked"]
-    return rerun(target, workdir, budget, stored, names, children) if names else None
+    return rerun(target, workdir, budget, stored, names, children, "unchecked") if names else None
 
 
 def rerun(target: Target, workdir: Path, budget: float, stored: dict[str, Any], names: list[str],
-          children: int = 1) -> dict[str, Any]:
-    """Run mutants ``names`` of ``target`` with its current tests and merge their statuses into ``stored``.
+          children: int = 1, kind: str = "survivors") -> dict[str, Any]:
+    """Run mutants ``names`` of ``target`` with its current tests and merge their statuses into ``stored``
+    (``kind``: which mutants they are, ``survivors`` or ``unchecked``, recorded in the result's ``rechecks``).
 
     :raises RuntimeError: if a stored survivor's diff changed (the source changed since the stored run, so
         mutant names no longer denote the same mutants: run the module in full).
@@ -264,7 +265,7 @@ def rerun(target: Target, workdir: Path, budget: float, stored: dict[str, Any], 
     left = [n for n in names if statuses[n] == "survived"]
     survivors = {n: d for n, d in stored["survivors"].items() if n not in names}
     survivors.update({n: d for n, d in {**stored["survivors"], **now["survivors"]}.items() if n in left})
-    recheck = {"date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "mutants": len(names),
+    recheck = {"kind": kind, "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "mutants": len(names),
                "still_surviving": len(left), "tests": target.tests, "deselected": target.deselect}
     return {**stored, "statuses": statuses, "counts": dict(Counter(statuses.values())),
             "survivors": dict(sorted(survivors.items())), "rechecks": [*stored.get("rechecks", []), recheck]}
