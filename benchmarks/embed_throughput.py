@@ -12,7 +12,7 @@ Every table interleaves its variants round by round, so load from other processe
 2. **Inference modes** on ``--mode-batch`` single-channel images per forward: eager fp32, compiled fp32, bf16
    autocast, bf16 weights cast once, and both bf16 modes compiled (``embed.bf16`` / ``embed.compile``). The
    compile time (first call) is printed beside each compiled mode. On a CPU without native bf16, cast runs its
-   matmuls with fp32 units (``cellssl.embed.emulated_bf16``); a row "bf16 cast (bf16 kernels)" runs the same bf16
+   matmuls with fp32 units (``cellssl.models.bf16``); a row "bf16 cast (bf16 kernels)" runs the same bf16
    copy on PyTorch's bf16 kernels for comparison.
 3. (``--folding``) channels folded into the batch vs one forward per channel.
 

@@ -111,7 +111,7 @@ def test_autocast_on_a_cpu_without_native_bf16_warns_once(vit: torch.nn.Module, 
 
 def test_cast_without_native_bf16_multiplies_in_fp32_and_stays_close_to_fp32(
         vit: torch.nn.Module, cells: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cellssl.embed.emulated_bf16 import Fp32MatmulsForBf16
+    from cellssl.models.bf16 import Fp32MatmulsForBf16
 
     with torch.no_grad():
         ref = vit(cells)

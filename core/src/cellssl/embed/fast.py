@@ -11,7 +11,7 @@ bf16 has two modes (``embed.bf16``):
   cast to bf16, so no per-call casts are made; every operation runs in bf16, so the numbers differ more from fp32
   than autocast's do (on a random ViT-S/8, cosine to fp32 >= 0.999 per embedding; see tests/test_embed_fast.py).
   On a CPU without native bf16 (no AVX512-BF16, no AMX), whose bf16 GEMMs are emulated and slow, calls run inside
-  :class:`~cellssl.embed.emulated_bf16.Fp32MatmulsForBf16`: matmuls, convolutions and attention take their bf16
+  :class:`~cellssl.models.bf16.Fp32MatmulsForBf16`: matmuls, convolutions and attention take their bf16
   operands widened to fp32 and round the result to bf16 (the numbers of a native bf16 kernel up to the order of
   the sums; see that module).
 - ``auto``: ``cast`` on every device: it was the faster mode everywhere it was measured (benchmarks/
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from cellssl.config.schema import BF16_MODES
-from cellssl.embed.emulated_bf16 import Fp32MatmulsForBf16
+from cellssl.models.bf16 import Fp32MatmulsForBf16, native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -90,17 +90,6 @@ def eager(backbone: nn.Module, precision: str, device: torch.device | str) -> In
     device = torch.device(device)
     return Inference(backbone, torch.float32, precision == "bf16", "bf16" if precision == "bf16" else "fp32", False,
                      device)
-
-
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` has native bf16 matmuls: CUDA, or a CPU with AVX512-BF16 or AMX."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def resolve_bf16_mode(mode: str, device: torch.device | str) -> str:

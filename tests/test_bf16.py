@@ -1,4 +1,4 @@
-"""bf16 matmuls with fp32 units (cellssl.embed.emulated_bf16): which calls are widened, and their numbers.
+"""bf16 matmuls with fp32 units (cellssl.models.bf16): which calls are widened, and their numbers.
 
 A bf16 x bf16 product is exact in fp32, so a widened matmul differs from the exactly rounded (float64) result by
 fp32 summation error only: at most one bf16 unit in the last place, and on almost no element.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from cellssl.embed.emulated_bf16 import WIDENED_OPS, Fp32MatmulsForBf16, all_bf16_on_cpu
+from cellssl.models.bf16 import WIDENED_OPS, Fp32MatmulsForBf16, all_bf16_on_cpu
 
 
 class _Recorder(TorchFunctionMode):
@@ -98,3 +98,35 @@ def test_other_dtypes_mixed_calls_and_other_operations_run_unchanged(
     assert F.layer_norm not in WIDENED_OPS and F.linear in WIDENED_OPS
     assert all_bf16_on_cpu((x, w), {"bias": b}) and not all_bf16_on_cpu((x, w.float()), {})
     assert not all_bf16_on_cpu((3, "a"), {}) and all_bf16_on_cpu(([x, w],), {})
+
+
+def test_native_bf16_is_cuda_or_a_cpu_with_avx512_bf16_or_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models.bf16 import native_bf16
+
+    assert native_bf16("cuda") and not native_bf16("meta")
+    for avx512_bf16, amx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert native_bf16("cpu") == (avx512_bf16 or amx)
+
+
+def test_bf16_training_on_a_cpu_without_native_bf16_warns_once(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from cellssl.train import stage
+    from cellssl.train.config import TrainSection
+
+    monkeypatch.setattr(stage, "_WARNED_EMULATED_BF16", set())
+    monkeypatch.setattr(stage, "native_bf16", lambda device: False)
+    with caplog.at_level(logging.WARNING, logger="cellssl.train.stage"):
+        assert not stage.warn_if_bf16_is_emulated(TrainSection(precision="fp32"), "cpu")
+        assert caplog.text == ""
+        assert stage.warn_if_bf16_is_emulated(TrainSection(precision="bf16"), "cpu")
+        assert "train.precision=bf16 on a CPU without AVX512-BF16 or AMX" in caplog.text
+        assert "set train.precision: fp32" in caplog.text
+        caplog.clear()
+        assert stage.warn_if_bf16_is_emulated(TrainSection(precision="bf16"), "cpu")
+        assert caplog.text == ""  # once per process
+    monkeypatch.setattr(stage, "native_bf16", lambda device: True)
+    assert not stage.warn_if_bf16_is_emulated(TrainSection(precision="bf16"), "cpu")

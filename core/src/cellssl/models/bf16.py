@@ -1,4 +1,5 @@
-"""bf16 matmuls computed with fp32 units, for CPUs without native bf16 (no AVX512-BF16, no AMX).
+"""bf16 on the hardware at hand: whether a device has native bf16 (:func:`native_bf16`), and bf16 matmuls computed
+with fp32 units for CPUs without it (no AVX512-BF16, no AMX).
 
 On such CPUs PyTorch's bf16 GEMM and convolution kernels are emulated and run several times slower than fp32
 (ViT-S/8 at 64 px on an AVX2 CPU, one thread: a bf16 ``linear`` 7x slower than the fp32 one). Inside
@@ -11,7 +12,8 @@ rounded to bf16 either way. Everything else (layer norms, activations, the resid
 whose weights were cast to bf16 keeps its bf16 memory footprint and its bf16 rounding between layers.
 
 Used by ``embed.bf16: cast`` on CPUs without native bf16 (see :mod:`cellssl.embed.fast`); works eager and under
-``torch.compile`` (the mode is traced like any other torch function mode).
+``torch.compile`` (the mode is traced like any other torch function mode). The trainer uses :func:`native_bf16` to
+warn about ``train.precision: bf16`` on such CPUs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ WIDENED_OPS: frozenset[Callable[..., Any]] = frozenset({
     torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum,
     torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.Tensor.mm, torch.Tensor.bmm,
 })
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` has native bf16 matmuls: CUDA, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def _floating_tensors(values: Any) -> list[torch.Tensor]:
