@@ -6,6 +6,7 @@ fp32 summation error only: at most one bf16 unit in the last place, and on almos
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -110,23 +111,70 @@ def test_native_bf16_is_cuda_or_a_cpu_with_avx512_bf16_or_amx(monkeypatch: pytes
         assert native_bf16("cpu") == (avx512_bf16 or amx)
 
 
-def test_bf16_training_on_a_cpu_without_native_bf16_warns_once(monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    import logging
+def test_under_cpu_bf16_autocast_matmuls_take_bf16_rounded_operands_and_run_in_fp32(
+        operands: tuple[torch.Tensor, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models import bf16
 
-    from cellssl.train import stage
-    from cellssl.train.config import TrainSection
+    monkeypatch.setattr(bf16, "native_bf16", lambda device: False)
+    x, w, b = (t.float().requires_grad_() for t in operands)
+    recorder = _Recorder()
+    with recorder, bf16.bf16_autocast("cpu"):
+        out = F.linear(x, w, b)
+        assert torch.is_autocast_enabled("cpu")
+    assert out.dtype == torch.bfloat16  # what autocast returns
+    # below the mode the call had fp32 operands (the bf16-rounded values), with autocast off
+    assert [dtypes for func, dtypes in recorder.calls if func is F.linear] == [(torch.float32,) * 3]
+    rounded = [t.detach().bfloat16().float() for t in (x, w, b)]
+    torch.testing.assert_close(out, F.linear(*rounded).bfloat16(), rtol=0, atol=0)
+    out.float().sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the same through PyTorch's own bf16 kernels
+        x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        native = F.linear(x2, w2, b2)
+    native.float().sum().backward()
+    torch.testing.assert_close(out, native, rtol=2**-7, atol=1e-6)  # at most one bf16 rounding apart
+    for mine, theirs in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
+        assert mine.dtype == torch.float32
+        torch.testing.assert_close(mine, theirs, rtol=2**-7, atol=1e-5)  # gradients rounded to bf16 like autocast's
 
-    monkeypatch.setattr(stage, "_WARNED_EMULATED_BF16", set())
-    monkeypatch.setattr(stage, "native_bf16", lambda device: False)
-    with caplog.at_level(logging.WARNING, logger="cellssl.train.stage"):
-        assert not stage.warn_if_bf16_is_emulated(TrainSection(precision="fp32"), "cpu")
-        assert caplog.text == ""
-        assert stage.warn_if_bf16_is_emulated(TrainSection(precision="bf16"), "cpu")
-        assert "train.precision=bf16 on a CPU without AVX512-BF16 or AMX" in caplog.text
-        assert "set train.precision: fp32" in caplog.text
-        caplog.clear()
-        assert stage.warn_if_bf16_is_emulated(TrainSection(precision="bf16"), "cpu")
-        assert caplog.text == ""  # once per process
-    monkeypatch.setattr(stage, "native_bf16", lambda device: True)
-    assert not stage.warn_if_bf16_is_emulated(TrainSection(precision="bf16"), "cpu")
+
+def test_bf16_autocast_is_plain_autocast_where_bf16_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models import bf16
+
+    monkeypatch.setattr(bf16, "native_bf16", lambda device: True)
+    context = bf16.bf16_autocast("cpu")
+    assert isinstance(context, torch.autocast)
+    with warnings.catch_warnings():  # "CUDA is not available": the context is only built here, not entered
+        warnings.simplefilter("ignore", UserWarning)
+        assert isinstance(bf16.bf16_autocast("cuda"), torch.autocast)
+    monkeypatch.setattr(bf16, "native_bf16", lambda device: False)
+    assert not isinstance(bf16.bf16_autocast("cpu"), torch.autocast)
+    # outside autocast, fp32 calls are left alone; inside it, ops autocast keeps in fp32 stay fp32
+    with Fp32MatmulsForBf16():
+        assert F.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
+    with bf16.bf16_autocast("cpu"):
+        assert F.layer_norm(torch.ones(2, 3), (3,)).dtype == torch.float32
+        assert torch.einsum("ij,kj->ik", torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16  # autocast's
+
+
+def test_a_bf16_training_step_on_fp32_units_matches_one_on_the_bf16_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models import bf16
+    from cellssl.models.vit import ViTConfig, build_vit
+
+    config = ViTConfig(arch="vit_tiny", patch_size=8, img_size=32, embed_dim=32, depth=2, num_heads=2,
+                       layerscale_init=None)
+    images = torch.rand(6, 2, 32, 32, generator=torch.Generator().manual_seed(2))
+    steps = {}
+    for native in (True, False):
+        torch.manual_seed(0)
+        vit = build_vit(config, in_chans=2)
+        monkeypatch.setattr(bf16, "native_bf16", lambda device, native=native: native)
+        with bf16.bf16_autocast("cpu"):
+            out = vit(images)
+        out.float().pow(2).mean().backward()
+        steps[native] = (out.detach().float(), {n: p.grad.clone() for n, p in vit.named_parameters()
+                                                if p.grad is not None})
+    (out_kernels, grads_kernels), (out_fp32, grads_fp32) = steps[True], steps[False]
+    assert F.cosine_similarity(out_kernels, out_fp32).min() >= 0.9999
+    for name, grad in grads_kernels.items():
+        cosine = F.cosine_similarity(grad.flatten(), grads_fp32[name].flatten(), dim=0)
+        assert cosine >= 0.999, (name, float(cosine))

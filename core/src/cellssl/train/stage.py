@@ -13,7 +13,6 @@ from cellssl.config.schema import NormalizeSection
 from cellssl.config.validate import validate_block
 from cellssl.data.normalize import NormalizeConfig
 from cellssl.errors import ConfigError
-from cellssl.models.bf16 import native_bf16
 from cellssl.train.config import TrainSection
 
 if TYPE_CHECKING:
@@ -21,25 +20,6 @@ if TYPE_CHECKING:
     from cellssl.train.trainer import Callback, TrainResult
 
 logger = logging.getLogger(__name__)
-
-_WARNED_EMULATED_BF16: set[str] = set()
-
-
-def warn_if_bf16_is_emulated(section: TrainSection, device: Any) -> bool:
-    """Warn, once per process, that ``train.precision: bf16`` on a CPU without AVX512-BF16 or AMX runs emulated
-    bf16 matmuls (several times slower than fp32); returns whether the warning applies."""
-    import torch
-
-    device = torch.device(device)
-    if section.precision != "bf16" or device.type != "cpu" or native_bf16(device):
-        return False
-    if "cpu" not in _WARNED_EMULATED_BF16:
-        _WARNED_EMULATED_BF16.add("cpu")
-        logger.warning("train.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated here, "
-                       "so training steps run several times slower than in fp32 (about 7x for a ViT-S matmul on an "
-                       "AVX2 CPU); set train.precision: fp32 on this machine")
-    return True
-
 
 def load_train_section(block: Any) -> TrainSection:
     """Validate the ``train:`` block (``None``: all defaults).
@@ -110,7 +90,6 @@ def train_run(run: Run, callbacks: list[Callback] | None = None) -> TrainResult:
     logger.info("%s; strategy %s; %d training samples from %d dataset(s)", objective.describe(), strategy.describe(),
                 sum(len(t) for t in train_sets), len(train_sets))
     weights = [section.data_weight] + [e.weight for e in plan.extra_datasets] if extras else None
-    warn_if_bf16_is_emulated(section, run.device)
     trainer = Trainer(objective, train_sets, normalizer, section, run.run_dir, run.device, run.settings.seed,
                       weights=weights, callbacks=callbacks or [], teacher_file=TEACHER_BACKBONE_FILE)
     result = trainer.fit()

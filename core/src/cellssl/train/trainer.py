@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from cellssl.data.normalize import Normalizer
 from cellssl.errors import CheckpointError, TrainingDivergedError
+from cellssl.models.bf16 import bf16_autocast
 from cellssl.models.checkpoint import save_state_dict_atomic
 from cellssl.objectives.base import Objective
 from cellssl.train.checkpointing import (
@@ -80,9 +81,10 @@ class TrainResult:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CPU and CUDA for ``precision="bf16"``; nothing for ``"fp32"``."""
+    """bf16 autocast on CPU and CUDA for ``precision="bf16"`` (its matmuls on fp32 units on a CPU without native
+    bf16: :func:`~cellssl.models.bf16.bf16_autocast`); nothing for ``"fp32"``."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return bf16_autocast(device)
     return contextlib.nullcontext()
 
 
