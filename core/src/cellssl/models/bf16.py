@@ -128,10 +128,11 @@ def bf16_autocast(device: torch.device | str) -> contextlib.AbstractContextManag
     device = torch.device(device)
     if device.type != "cpu" or native_bf16(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    return _autocast_on_fp32_units()
+    return autocast_on_fp32_units()
 
 
 @contextlib.contextmanager
-def _autocast_on_fp32_units() -> Iterator[None]:
+def autocast_on_fp32_units() -> Iterator[None]:
+    """CPU bf16 autocast with :class:`Fp32MatmulsForBf16` active (whatever the CPU has)."""
     with torch.autocast("cpu", dtype=torch.bfloat16), Fp32MatmulsForBf16():
         yield
