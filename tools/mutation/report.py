@@ -112,7 +112,9 @@ def write_report(targets: Sequence[Any], results_dir: Path, equivalents_path: Pa
         s = summarise(result, equivalents)
         run = f"{result['date']}, {result['seconds']} s" + ("" if result["finished"] else ", budget reached")
         for recheck in result.get("rechecks", []):
-            what = "unchecked mutants run" if recheck.get("kind") == "unchecked" else "survivors re-checked"
+            kind = recheck.get("kind", "survivors")
+            what = ("unchecked mutants run" if kind == "unchecked" else "survivors re-checked" if kind == "survivors"
+                    else f"mutants of `{kind.removeprefix('function ')}` (changed) run")
             run += f"; {recheck['mutants']} {what} {recheck['date']} ({recheck['seconds']} s)"
         lines.append(f"| `{target.module}` | {s['total']} | {s['killed'] + s['crashed']} | {s['timeout']} | "
                      f"{s['survived']} ({len(s['equivalent'])}) | {s['no_tests']} | {s['not_checked']} | "

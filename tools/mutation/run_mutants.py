@@ -23,6 +23,7 @@ Usage::
     python tools/mutation/run_mutants.py --budget-scale 0.5    # half of every budget
     python tools/mutation/run_mutants.py --recheck-survivors data/augment.py   # survivors only, after new tests
     python tools/mutation/run_mutants.py --unchecked --children 2 train/trainer.py  # finish a run the budget cut
+    python tools/mutation/run_mutants.py --function x_autocast train/trainer.py  # one function changed
 
 Exit status: 0 when the runs and the report were written; 2 on a bad argument or a failed mutmut run
 (e.g. the tests do not pass on the unmutated code); the log is in the workspace (``mutmut.log``).
@@ -31,6 +32,7 @@ Exit status: 0 when the runs and the report were written; 2 on a bad argument or
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -245,6 +247,24 @@ def check_unchecked(target: Target, workdir: Path, budget: float, children: int 
     return rerun(target, workdir, budget, stored, names, children, "unchecked") if names else None
 
 
+def check_function(target: Target, workdir: Path, budget: float, function: str, children: int = 1) -> dict[str, Any]:
+    """Run every mutant of ``function`` (mutmut's mangled name, e.g. ``x_autocast`` or ``xǁTrainerǁfit``) with the
+    target's current tests and replace that function's entries of the stored result with them: after the
+    function's source changed (its mutants are then other mutants) while the rest of the module did not.
+
+    :raises RuntimeError: if there is no stored result, the function has no mutants, or a survivor of another
+        function changed (the rest of the module moved on too: run it in full).
+    """
+    stored = load_stored(target)
+    prefix = f"cellssl.{target.slug}.{function}__mutmut_"
+    kept = {n: s for n, s in stored["statuses"].items() if not n.startswith(prefix)}
+    base = {**stored, "statuses": kept, "survivors": {n: d for n, d in stored["survivors"].items() if n in kept}}
+    result = rerun(target, workdir, budget, base, [f"{prefix}*"], children, f"function {function}")
+    if not any(n.startswith(prefix) for n in result["statuses"]):
+        raise RuntimeError(f"{target.module} has no mutants of {function!r}")
+    return result
+
+
 def rerun(target: Target, workdir: Path, budget: float, stored: dict[str, Any], names: list[str],
           children: int = 1, kind: str = "survivors") -> dict[str, Any]:
     """Run mutants ``names`` of ``target`` with its current tests and merge their statuses into ``stored``
@@ -256,7 +276,12 @@ def rerun(target: Target, workdir: Path, budget: float, stored: dict[str, Any], 
     ws = prepare_workspace(target, workdir, suffix="-recheck")
     finished, seconds = run_mutmut(target, ws, budget, names, children)
     now = collect(target, ws, finished, seconds)
-    known = [n for n in names if n in stored["survivors"]]
+    if any("*" in n for n in names):  # a pattern: the mutants it matched; every other stored survivor must be intact
+        names = [n for n in now["statuses"] if any(fnmatch.fnmatch(n, pattern) for pattern in names)]
+        stored = {**stored, "statuses": {**stored["statuses"], **{n: "not checked" for n in names}}}
+        known = [n for n in stored["survivors"] if n not in names]
+    else:
+        known = [n for n in names if n in stored["survivors"]]
     moved = [n for n, diff in diffs(ws, known).items() if diff != stored["survivors"][n]]
     if moved:
         raise RuntimeError(f"{target.module} changed since its stored run (mutants {moved[:3]} differ): run it in full")
@@ -281,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the stored non-equivalent survivors of the modules again (after new tests)")
     parser.add_argument("--unchecked", action="store_true",
                         help="run only the mutants a module's stored result lists as not checked (budget ran out)")
+    parser.add_argument("--function", metavar="NAME",
+                        help="run only the mutants of this function (mutmut's name, e.g. x_autocast) after its source "
+                             "changed, replacing its stored entries")
     parser.add_argument("--children", type=int, default=1,
                         help="mutants tested at a time (each test process uses one thread); default 1")
     args = parser.parse_args(argv)
@@ -302,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             budget = target.budget * args.budget_scale
             logger.info("mutating %s (budget %.0f s, tests %s)", target.module, budget, " ".join(target.tests))
             try:
-                if args.recheck_survivors or args.unchecked:
+                if args.function:
+                    result = check_function(target, args.workdir, budget, args.function, args.children)
+                elif args.recheck_survivors or args.unchecked:
                     rerun_some = recheck_survivors if args.recheck_survivors else check_unchecked
                     result = rerun_some(target, args.workdir, budget, args.children)
                     if result is None:
