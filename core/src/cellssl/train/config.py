@@ -105,7 +105,8 @@ class TrainSection:
     """``train:`` — optimisation, schedules, checkpoints and logging of SSL pretraining.
 
     :ivar epochs: training epochs. :ivar batch_size: source images per step.
-    :ivar precision: ``bf16`` (autocast on CPU and CUDA) or ``fp32``.
+    :ivar precision: ``bf16`` (autocast on CPU and CUDA; on a CPU without AVX512-BF16 or AMX its matmuls run on
+        fp32 units, :func:`cellssl.models.bf16.bf16_autocast`) or ``fp32``.
     :ivar lr: base learning rate at ``lr_reference_batch``; :ivar lr_scaling: ``sqrt`` / ``linear`` / ``none``.
     :ivar min_lr: final learning rate. :ivar warmup_epochs: linear lr warmup. :ivar start_warmup_lr: lr at step 0.
     :ivar weight_decay: at step 0, cosine to ``weight_decay_end``.
