@@ -201,3 +201,47 @@ def test_the_training_step_benchmark_prints_its_table(capsys: pytest.CaptureFixt
                                     "bf16 autocast on PyTorch's bf16 kernels"] and rows[0][2] == "1.00"
     cosine = float(re.search(r"smallest gradient cosine between them ([\d.]+)", out).group(1))
     assert 0.99 <= cosine <= 1.0
+
+
+def test_autocast_rounds_fp32_operands_to_bf16_passes_keywords_and_leaves_float64_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models import bf16
+
+    monkeypatch.setattr(bf16, "native_bf16", lambda device: False)
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(9, 24, generator=gen), torch.randn(7, 24, generator=gen), torch.randn(7, generator=gen)
+    assert not torch.equal(x, x.bfloat16().float())  # fp32 values that bf16 cannot hold
+    with bf16.bf16_autocast("cpu"):
+        out = F.linear(x, w, bias=b)  # the bias as a keyword
+        double = F.linear(x.double(), w.double())
+    expected = F.linear(x.bfloat16().float(), w.bfloat16().float(), b.bfloat16().float()).bfloat16()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert double.dtype == torch.float64  # autocast does not cast float64, nor does the mode
+    xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    with Fp32MatmulsForBf16():
+        widened = F.linear(xb, wb, bias=bb)
+    torch.testing.assert_close(widened, F.linear(xb.float(), wb.float(), bb.float()).bfloat16(), rtol=0, atol=0)
+
+
+def test_bf16_autocast_asks_about_its_device_and_uses_bf16_whatever_the_default_autocast_dtype(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models import bf16
+
+    asked: list[object] = []
+    monkeypatch.setattr(bf16, "native_bf16", lambda device: asked.append(device) or True)
+    default = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)  # a changed default must not leak in
+    try:
+        with bf16.bf16_autocast("cpu"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    finally:
+        torch.set_autocast_dtype("cpu", default)
+    assert asked == [torch.device("cpu")]
+
+
+def test_native_bf16_is_false_where_torch_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellssl.models.bf16 import native_bf16
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert native_bf16("cpu") is False

@@ -115,10 +115,10 @@ class Fp32MatmulsForBf16(TorchFunctionMode):
             with torch.autocast("cpu", enabled=False):
                 out = func(*_round_to_bf16_and_widen(args),
                            **{key: _round_to_bf16_and_widen(value) for key, value in kwargs.items()})
-            return out.to(torch.bfloat16) if isinstance(out, torch.Tensor) else out
+            return out.to(torch.bfloat16)  # every widened op returns one tensor
         if func in WIDENED_OPS and all_bf16_on_cpu(args, kwargs):
             out = func(*_widen(args), **{key: _widen(value) for key, value in kwargs.items()})
-            return out.to(torch.bfloat16) if isinstance(out, torch.Tensor) else out
+            return out.to(torch.bfloat16)  # every widened op returns one tensor
         return func(*args, **kwargs)
 
 
