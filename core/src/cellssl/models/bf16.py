@@ -3,12 +3,12 @@ with fp32 units for CPUs without it (no AVX512-BF16, no AMX).
 
 On such CPUs PyTorch's bf16 GEMM and convolution kernels are emulated and run several times slower than fp32
 (ViT-S/8 at 64 px on an AVX2 CPU, one thread: a bf16 ``linear`` 7x slower than the fp32 one, a bf16-autocast
-training step 18x slower). Inside :class:`Fp32MatmulsForBf16`, every matrix product, convolution and attention
-call whose floating-point operands are all bf16 CPU tensors is computed instead on the operands widened to fp32,
-and its result rounded back to bf16. Under CPU bf16 autocast (:func:`bf16_autocast`), the calls autocast would run
-in bf16 have their operands rounded to bf16 (as autocast casts them), multiplied in fp32 with autocast off, and
-their result rounded to bf16; their backward passes run in fp32 on the same bf16-rounded values, and the
-gradients are rounded to bf16 where autocast's would be (at the casts).
+training step 14x slower than fp32; benchmarks/bf16_train_step.py). Inside :class:`Fp32MatmulsForBf16`, every matrix
+product, convolution and attention call whose floating-point operands are all bf16 CPU tensors is computed instead
+on the operands widened to fp32, and its result rounded back to bf16. Under CPU bf16 autocast
+(:func:`bf16_autocast`), the calls autocast would run in bf16 have their operands rounded to bf16 (as autocast casts
+them), multiplied in fp32 with autocast off, and their result rounded to bf16; their backward passes run in fp32 on
+the same bf16-rounded values, and the gradients are rounded to bf16 where autocast's would be (at the casts).
 
 The numbers are those of a native bf16 kernel, up to the order of the sums: the product of two bf16 values
 (8-bit significands) is exact in fp32 (24 bits), native bf16 GEMMs accumulate in fp32 too, and the result is
