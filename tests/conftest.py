@@ -79,3 +79,24 @@ def runs(shared_data: Path, tmp_path: Path) -> SimpleNamespace:
         shared=shared_data,
         tmp=tmp_path,
     )
+
+
+@pytest.fixture
+def run_benchmark(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``run_benchmark(name, *args)``: run ``benchmarks/<name>.py``'s ``main()`` with command-line ``args`` and
+    return what it printed."""
+    import importlib.util
+    import sys
+
+    def run(name: str, *args: str) -> str:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(sys, "argv", [path.name, *args])
+        capsys.readouterr()
+        module.main()
+        return capsys.readouterr().out
+
+    return run

@@ -180,22 +180,10 @@ def test_a_bf16_training_step_on_fp32_units_matches_one_on_the_bf16_kernels(monk
         assert cosine >= 0.999, (name, float(cosine))
 
 
-def test_the_training_step_benchmark_prints_its_table(capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
+def test_the_training_step_benchmark_prints_its_table(run_benchmark: Any) -> None:
     import re
-    import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_train_step.py"
-    spec = importlib.util.spec_from_file_location("bf16_train_step", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setattr(sys, "argv", ["bf16_train_step.py", "--arch", "vit_tiny", "--size", "16", "--batch", "2",
-                                      "--repeats", "1"])
-    bench.main()
-    out = capsys.readouterr().out
+    out = run_benchmark("bf16_train_step", "--arch", "vit_tiny", "--size", "16", "--batch", "2", "--repeats", "1")
     rows = re.findall(r"^(fp32|bf16 autocast on [^\n]*?)\s+([\d.]+)\s+([\d.]+)x$", out, re.MULTILINE)
     assert [r[0] for r in rows] == ["fp32", "bf16 autocast on fp32 units (train.precision: bf16 here)",
                                     "bf16 autocast on PyTorch's bf16 kernels"] and rows[0][2] == "1.00"

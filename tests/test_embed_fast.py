@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -238,22 +239,12 @@ def test_a_cast_embedding_set_records_its_mode_and_is_refused_as_autocast(runs: 
     assert fp32_cast[0] == fp32_autocast[0]  # fp32 ignores the bf16 mode; compiling changes no recipe
 
 
-def test_the_throughput_benchmark_prints_its_tables(shared_data: Path, capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
+def test_the_throughput_benchmark_prints_its_tables(shared_data: Path, run_benchmark: Any) -> None:
     import re
-    import sys
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_throughput.py"
-    spec = importlib.util.spec_from_file_location("embed_throughput", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setattr(sys, "argv", ["embed_throughput.py", "--data", str(shared_data / "jurkat-cellcycle"),
-                                      "--arch", "vit_tiny", "--size", "40", "--cells", "6", "--batch", "4",
-                                      "--mode-batch", "2", "--repeats", "1", "--threads", "1", "--skip-compile"])
-    bench.main()
-    out = capsys.readouterr().out
+    out = run_benchmark("embed_throughput", "--data", str(shared_data / "jurkat-cellcycle"), "--arch", "vit_tiny",
+                        "--size", "40", "--cells", "6", "--batch", "4", "--mode-batch", "2", "--repeats", "1",
+                        "--threads", "1", "--skip-compile")
     assert "6 Jurkat cells x 3 channels folded, vit_tiny/8 at 40 px, fp32, batch 4 cells" in out
     rows = re.findall(r"^(backbone only \(preprocessed\)|end to end \(Embedder.export\))\s+([\d.]+)\s+([\d.]+)", out,
                       re.MULTILINE)
