@@ -498,7 +498,7 @@ def test_batches_are_pinned_for_cuda_only(tmp_path: Path, cells: _Cells, monkeyp
     import cellssl.train.trainer as trainer_module
 
     class _LoaderCalledError(Exception):
-        pass
+        """Raised by the stand-in loader once it has recorded its arguments."""
 
     seen: list[dict[str, Any]] = []
 
