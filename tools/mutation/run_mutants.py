@@ -268,7 +268,9 @@ def check_function(target: Target, workdir: Path, budget: float, function: str, 
 def rerun(target: Target, workdir: Path, budget: float, stored: dict[str, Any], names: list[str],
           children: int = 1, kind: str = "survivors") -> dict[str, Any]:
     """Run mutants ``names`` of ``target`` with its current tests and merge their statuses into ``stored``
-    (``kind``: which mutants they are, ``survivors`` or ``unchecked``, recorded in the result's ``rechecks``).
+    (``kind``: which mutants they are, ``survivors``, ``unchecked`` or ``function <name>``, recorded in the result's
+    ``rechecks``). A name with ``*`` is a pattern: the mutants it matches are run, and every other stored survivor
+    must be unchanged.
 
     :raises RuntimeError: if a stored survivor's diff changed (the source changed since the stored run, so
         mutant names no longer denote the same mutants: run the module in full).
